@@ -49,3 +49,9 @@ def video_factory(tmp_path):
         return make_video(tmp_path / rel, **kw)
 
     return factory
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Never touch the user's ~/.cache from tests: each test session gets its own cache."""
+    monkeypatch.setenv("CLIPDOCTOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -1,0 +1,195 @@
+"""Clip datasets and the LightningDataModule: splits, class weights / balanced sampler, loaders.
+
+A dataset item is `(clip, label)` with clip a float tensor (T, C, H, W), or
+`(clip, label, length)` when short clips are padded (`short="pad"`): steps at and after
+`length` are padding that the model must mask.
+
+Randomness (which frames, which crop) comes from a generator seeded by (seed, epoch, item),
+so a run repeats exactly whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from clipdoctor.config import DataConfig
+from clipdoctor.data.cache import FrameCache, probe_sample, read_sample
+from clipdoctor.data.sampling import sample_indices
+from clipdoctor.data.sources import SourceIndex, Sample, Skipped
+from clipdoctor.data.transforms import AugmentSpec, eval_transform, train_transform
+from clipdoctor.errors import DataError, DecodeError
+
+log = logging.getLogger(__name__)
+
+
+class ClipDataset(Dataset):
+    """Samples -> clips. With a cache, frames come from memory-mapped arrays; without one, only
+    the sampled frames of each clip are decoded (seeking in video files)."""
+
+    def __init__(self, samples: Sequence[Sample], *, frames: int, train: bool,
+                 transform: Callable[[torch.Tensor], torch.Tensor],
+                 cache: FrameCache | None = None, frame_size: int = 128, sampler: str = "uniform",
+                 stride: int = 2, max_stride: int = 4, short: str = "repeat", num_clips: int = 1,
+                 seed: int = 0) -> None:
+        self.samples = list(samples)
+        self.frames, self.train, self.transform = frames, train, transform
+        self.cache, self.frame_size = cache, frame_size
+        self.sampler, self.stride, self.max_stride, self.short = sampler, stride, max_stride, short
+        self.num_clips = num_clips
+        self.seed, self.epoch = seed, 0
+        self._infos: dict[int, object] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """New random frames and crops each epoch (training); evaluation ignores it."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.num_clips
+
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def __getitem__(self, i: int):
+        sample, clip = self.samples[i // self.num_clips], i % self.num_clips
+        # one generator per item: the same (seed, epoch, item) gives the same clip in any worker
+        seq = np.random.SeedSequence([self.seed, self.epoch if self.train else 0, i])
+        rng = np.random.default_rng(seq)
+        if self.cache is not None:
+            source = self.cache.frames(sample)  # (N, S, S, 3) uint8, memory-mapped
+            num = len(source)
+        else:
+            info = self._infos.get(i // self.num_clips) or probe_sample(sample)
+            self._infos[i // self.num_clips] = info
+            num = info.frames
+        kw = dict(train=self.train, rng=rng if self.train else None, clip=clip,
+                  num_clips=self.num_clips, short=self.short)
+        if self.sampler == "dense":
+            kw.update(stride=self.stride, max_stride=self.max_stride)
+        picked = sample_indices(self.sampler, num, self.frames, **kw)
+        if self.cache is not None:
+            frames = np.asarray(source[picked.indices])
+        else:
+            frames = read_sample(sample, picked.indices, self.frame_size, info)
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seq.generate_state(1)[0]))
+            x = self.transform(x)
+        if self.short == "pad":
+            x[picked.length:] = 0  # padded steps carry no signal, and the length says so
+            return x, sample.label, picked.length
+        return x, sample.label
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """scikit-learn's 'balanced' weights, n / (k * count); classes absent from labels get 0."""
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    w = compute_class_weight("balanced", classes=present, y=labels)
+    out = torch.zeros(num_classes, dtype=torch.float32)
+    out[torch.from_numpy(present)] = torch.tensor(w, dtype=torch.float32)
+    return out
+
+
+class ClipDataModule(L.LightningDataModule):
+    """Builds train / val / test datasets from a SourceIndex and a DataConfig.
+
+    `prepare()` probes and decodes every clip once into the frame cache (with a progress
+    callback); clips that cannot be decoded are dropped and listed in `skipped` (or stop the
+    run with `strict`).
+    """
+
+    def __init__(self, index: SourceIndex, config: DataConfig, *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, balanced_sampler: bool = False, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        super().__init__()
+        self.index, self.config, self.seed = index, config, seed
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+        self.balanced_sampler = balanced_sampler
+        self.progress = progress
+        self.cache = (FrameCache(config.cache_dir, frame_size=config.frame_size,
+                                 max_frames=config.cache_frames) if config.cache else None)
+        self.samples: list[Sample] = list(index.samples)
+        self.skipped: list[Skipped] = list(index.skipped)
+        self._prepared = False
+
+    @property
+    def classes(self) -> list[str]:
+        return self.index.classes
+
+    def prepare(self) -> None:
+        """Decode everything once (cache) or probe everything (no cache); drop what fails."""
+        if self._prepared:
+            return
+        failed: list[tuple[Sample, DecodeError]] = []
+        if self.cache is not None:
+            failed = self.cache.fill(self.samples, progress=self.progress)
+        else:
+            for s in self.samples:
+                try:
+                    probe_sample(s)
+                except DecodeError as e:
+                    failed.append((s, e))
+        if failed and self.config.strict:
+            s, e = failed[0]
+            raise DataError(f"{s.name}: {e.reason} ({len(failed)} unreadable clip(s); "
+                            "drop --strict to skip them)")
+        bad = {id(s) for s, _ in failed}
+        self.samples = [s for s in self.samples if id(s) not in bad]
+        self.skipped += [Skipped(s.name, e.reason) for s, e in failed]
+        self._prepared = True
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def dataset(self, split: str, *, train: bool | None = None) -> ClipDataset:
+        """The dataset of one split; `train` (default: split == 'train') picks augmentation."""
+        self.prepare()
+        c = self.config
+        train = split == "train" if train is None else train
+        norm = {k: v for k, v in (("mean", self.mean), ("std", self.std)) if v is not None}
+        a = c.augment
+        spec = AugmentSpec(scale=tuple(a.scale), degrees=a.degrees, translate=a.translate,
+                           brightness=a.brightness, contrast=a.contrast, saturation=a.saturation,
+                           hue=a.hue, hflip=a.hflip, per_frame=a.per_frame)
+        transform = train_transform(c.size, spec=spec, **norm) if train else eval_transform(c.size, **norm)
+        return ClipDataset([s for s in self.samples if s.split == split], frames=c.frames,
+                           train=train, transform=transform, cache=self.cache,
+                           frame_size=c.frame_size, sampler=c.sampler, stride=c.stride,
+                           max_stride=c.max_stride, short=c.short,
+                           num_clips=1 if train else c.eval_clips, seed=self.seed)
+
+    def class_weights(self) -> torch.Tensor:
+        labels = [s.label for s in self.samples if s.split == "train"]
+        return class_weights(labels, len(self.classes))
+
+    def _loader(self, ds: ClipDataset, *, shuffle: bool, sampler=None) -> DataLoader:
+        c = self.config
+        return DataLoader(ds, batch_size=c.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, num_workers=c.num_workers,
+                          persistent_workers=c.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset("train")
+        if self.trainer is not None:
+            ds.set_epoch(self.trainer.current_epoch)
+        sampler = None
+        if self.balanced_sampler:
+            w = self.class_weights()[torch.from_numpy(ds.labels())]
+            sampler = WeightedRandomSampler(w.double(), num_samples=len(ds), replacement=True,
+                                            generator=torch.Generator().manual_seed(self.seed))
+        return self._loader(ds, shuffle=True, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), shuffle=False)
