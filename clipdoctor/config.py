@@ -23,6 +23,7 @@ class AugmentConfig(_Strict):
     """Clip augmentation; one random draw is shared by every frame of a clip."""
 
     scale: tuple[float, float] = (0.6, 1.0)  # RandomResizedCrop area: keeps most of the motion in view
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect: mild stretch only
     degrees: float = Field(5.0, ge=0, le=45)  # small rotations only: big ones change the motion
     translate: float = Field(0.05, ge=0, le=0.5)
     brightness: float = Field(0.2, ge=0)

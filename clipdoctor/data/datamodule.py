@@ -155,10 +155,7 @@ class ClipDataModule(L.LightningDataModule):
         c = self.config
         train = split == "train" if train is None else train
         norm = {k: v for k, v in (("mean", self.mean), ("std", self.std)) if v is not None}
-        a = c.augment
-        spec = AugmentSpec(scale=tuple(a.scale), degrees=a.degrees, translate=a.translate,
-                           brightness=a.brightness, contrast=a.contrast, saturation=a.saturation,
-                           hue=a.hue, hflip=a.hflip, per_frame=a.per_frame)
+        spec = AugmentSpec(**c.augment.model_dump())
         transform = train_transform(c.size, spec=spec, **norm) if train else eval_transform(c.size, **norm)
         return ClipDataset([s for s in self.samples if s.split == split], frames=c.frames,
                            train=train, transform=transform, cache=self.cache,
