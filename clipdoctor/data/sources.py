@@ -23,7 +23,7 @@ import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class Skipped:
 class SourceIndex:
     """What a dataset holds, before any decoding."""
 
-    format: str  # "folder", "ucf101", "hmdb51", "kinetics", "ssv2", "csv", "npz", "torch"
+    format: str  # a FORMATS name, or "arrays" for in-memory (X, y)
     root: Path
     classes: list[str]
     samples: list[Sample]
@@ -890,36 +890,55 @@ def _check_clips(name: str, X: np.ndarray, y: np.ndarray, key: str) -> None:
 def _list_npz(root: Path, fold: int) -> _Listing:
     """Arrays in an .npz: X/y (+ X_val/y_val, X_test/y_test), optional `classes` names."""
     path = _npz_file(root)
-    arrays = _load_npz(path)
+    return _list_arrays(_load_npz(path), path.name)
+
+
+def _list_arrays(arrays: dict[str, np.ndarray], name: str) -> _Listing:
+    """X/y (+ X_val/y_val, X_test/y_test) and optional `classes`, from an .npz or from memory."""
     parts = [(k, k.replace("X", "y"), s) for k, s in (("X", "train"), ("X_val", "val"),
                                                       ("X_test", "test")) if k in arrays]
     if "X" not in arrays or "y" not in arrays:
-        raise DataError(f"{path.name} holds {', '.join(arrays) or 'no arrays'}; it needs X "
+        raise DataError(f"{name} holds {', '.join(arrays) or 'no arrays'}; it needs X "
                         f"(N, T, H, W, C) uint8 and y (N,): np.savez(path, X=X, y=y)")
     for key, ykey, _ in parts:
         if ykey not in arrays:
-            raise DataError(f"{path.name} has {key} but no {ykey}; save both")
-        _check_clips(path.name, arrays[key], arrays[ykey], key)
+            raise DataError(f"{name} has {key} but no {ykey}; give both")
+        _check_clips(name, arrays[key], arrays[ykey], key)
     top = max(int(arrays[y].max(initial=-1)) for _, y, _ in parts)
     low = min(int(arrays[y].min(initial=0)) for _, y, _ in parts)
     if "classes" in arrays:
-        names = arrays["classes"]
+        names = np.asarray(arrays["classes"])
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.ravel().tolist()]
         if len(set(classes)) != len(classes):
-            raise DataError(f"{path.name}: classes holds a name twice; give each class once")
+            raise DataError(f"{name}: classes holds a name twice; give each class once")
     else:
         classes = [str(i) for i in range(top + 1)]
     if low < 0 or top >= len(classes):
-        raise DataError(f"{path.name}: labels run {low}..{top} but there are {len(classes)} "
+        raise DataError(f"{name}: labels run {low}..{top} but there are {len(classes)} "
                         f"classes; labels must be 0-based indices 0..{len(classes) - 1}")
     has_splits = len(parts) > 1
     entries = []
     for key, ykey, split in parts:
         X, y = arrays[key], arrays[ykey]
-        prefix = path.name if key == "X" else f"{path.name}:{key}"
+        prefix = name if key == "X" else f"{name}:{key}"
         entries += [_Entry(None, int(y[i]), split if has_splits else None, f"{prefix}[{i}]", X[i])
                     for i in range(len(X))]
     return _Listing(classes, entries, [])
+
+
+def from_arrays(X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None,
+                y_val: np.ndarray | None = None, X_test: np.ndarray | None = None,
+                y_test: np.ndarray | None = None, classes: Sequence[str] | None = None,
+                seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1) -> SourceIndex:
+    """In-memory clips, X (N, T, H, W, C) uint8 and y (N,), checked like an .npz file."""
+    arrays = {k: np.asarray(v) for k, v in (("X", X), ("y", y), ("X_val", X_val), ("y_val", y_val),
+                                             ("X_test", X_test), ("y_test", y_test))
+              if v is not None}
+    if classes is not None:
+        arrays["classes"] = np.asarray(list(classes), dtype=str)
+    _check_options(1, val_fraction, test_fraction)
+    return _finish("arrays", Path.cwd(), _list_arrays(arrays, "arrays"), seed, val_fraction,
+                   test_fraction)
 
 
 # --------------------------------------------------------------------------------------------
