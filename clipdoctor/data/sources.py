@@ -429,9 +429,10 @@ def _scan_classes(root: Path, parent: Path, split: str | None,
     found = []
     for class_dir in _visible(parent):
         if not class_dir.is_dir():
-            video = class_dir.suffix.lower() in VIDEO_SUFFIXES
-            skipped.append(Skipped(_rel(class_dir, root), "video outside a class folder: its "
-                                   "class is unknown" if video else "not a class folder"))
+            # a README or a manifest beside the class folders is fine; a lone video is not
+            if class_dir.suffix.lower() in VIDEO_SUFFIXES:
+                skipped.append(Skipped(_rel(class_dir, root),
+                                       "video outside a class folder: its class is unknown"))
             continue
         before = len(found)
         for clip in _visible(class_dir):
@@ -972,7 +973,7 @@ def _finish(fmt: str, root: Path, listing: _Listing, seed: int, val_fraction: fl
     samples = [Sample(path=e.path, label=e.label, split=s, group=g, array=e.array, name=e.name)
                for e, s, g in zip(entries, splits, groups)]
     if listing.skipped:
-        log.warning("%s: skipped %d file(s), first %s: %s", root, len(listing.skipped),
+        log.debug("%s: skipped %d file(s), first %s: %s", root, len(listing.skipped),
                     listing.skipped[0].path, listing.skipped[0].reason)
     return SourceIndex(format=fmt, root=root, classes=list(listing.classes), samples=samples,
                        skipped=list(listing.skipped))
