@@ -567,3 +567,13 @@ def test_formats_registry_loaders_work_directly(tmp_path, clip):
 def test_single_video_file_is_not_a_dataset(tmp_path, clip):
     with pytest.raises(DataError, match=r"is a '.mp4' file; DATA must be a dataset folder"):
         load_source(clip("a.mp4"))
+
+
+def test_folder_reports_a_video_outside_any_class_folder(tmp_path, video_factory):
+    for c in ("a", "b"):
+        for i in range(3):
+            video_factory(f"d/{c}/{i}.mp4", n=4)
+    video_factory("d/stray.mp4", n=4)
+    index = load_source(tmp_path / "d")
+    assert [(k.path, k.reason) for k in index.skipped] == [
+        ("stray.mp4", "video outside a class folder: its class is unknown")]
