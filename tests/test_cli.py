@@ -83,3 +83,29 @@ def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["info"])
     assert e.value.code == 2
+
+
+def test_info_on_mixed_sizes_grayscale_frames_and_non_ascii_names(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from clipdoctor.config import DataConfig
+    from clipdoctor.data.datamodule import ClipDataModule
+    from clipdoctor.data.sources import load_source
+
+    root = tmp_path / "données"
+    for i in range(3):
+        make_video(root / "clé" / f"vidéo_{i}.mp4", n=12, size=(32, 40))
+        make_video(root / "日本" / f"{i}.mp4", n=12, size=(48, 64 + 2 * i))
+        gray = root / "clé" / f"gris_{i}"
+        gray.mkdir()
+        for f in range(6):
+            Image.fromarray(np.full((20, 30), 40 * f, np.uint8), mode="L").save(gray / f"f{f}.png")
+    assert main(["info", str(root), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["classes"] == ["clé", "日本"] and out["skipped"] == []
+    assert out["resolution"]["distinct"] == 5
+    dm = ClipDataModule(load_source(root), DataConfig(frames=4, frame_size=32, size=28,
+                                                      batch_size=3))
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (3, 4, 3, 28, 28)
