@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
+import types
+import typing
 from pathlib import Path
 
 from rich.console import Console
 
+from clipdoctor.config import RunConfig, config_fields, load_config, with_overrides
 from clipdoctor.errors import ClipdoctorError
 
 EXIT_BAD_INPUT = 2
@@ -26,6 +31,137 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
     p.add_argument("--cache-dir", type=Path, help="frame cache folder (default ~/.cache/clipdoctor)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+
+
+def _flag_kwargs(info) -> dict:
+    """argparse keywords for one pydantic field (bool, Literal, tuple, optional scalars)."""
+    ann = info.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1:
+        ann = args[0]
+    if ann is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(ann) is typing.Literal:
+        return {"choices": list(typing.get_args(ann))}
+    if typing.get_origin(ann) is tuple:
+        return {"nargs": 2, "type": typing.get_args(ann)[0], "metavar": ("LOW", "HIGH")}
+    if ann is str and info.default is None:
+        return {"type": str}
+    return {"type": ann if ann in (int, float, str, Path) else str}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per run option (`train.lr` -> --lr); given flags override --config."""
+    p.add_argument("--config", type=Path, help="YAML run config (e.g. RUN/config.yaml)")
+    group = p.add_argument_group("run options (each overrides the config file)")
+    for dotted, info in config_fields():
+        flag = "--" + dotted.split(".")[-1].replace("_", "-")
+        default = info.default
+        shown = f"{default}" if not isinstance(default, tuple) else " ".join(map(str, default))
+        kw = _flag_kwargs(info)
+        if "type" in kw and "metavar" not in kw:
+            kw["metavar"] = dotted.split(".")[-1].upper()
+        group.add_argument(flag, dest=f"cfg:{dotted}", default=None,
+                           help=f"{dotted} (default {shown})", **kw)
+
+
+def _run_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    config = base or (load_config(args.config) if args.config else RunConfig())
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
+    return with_overrides(config, overrides) if overrides else config
+
+
+def _load_data(path: str, config: RunConfig):
+    from clipdoctor.data.sources import load_source
+
+    d = config.data
+    return load_source(path, d.format, fold=d.fold, seed=d.split_seed,
+                       val_fraction=d.val_fraction, test_fraction=d.test_fraction, strict=d.strict)
+
+
+def _print_metrics(console: Console, title: str, m: dict) -> None:
+    console.print(f"{title}: top-1 {m['top1']:.3f}  top-5 {m['top5']:.3f}  balanced accuracy "
+                  f"[bold]{m['balanced_acc']:.3f}[/]  macro-F1 {m['macro_f1']:.3f}  "
+                  f"loss {m['loss']:.3f}  ({m['clips']} clips)")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from clipdoctor.train.run import train
+
+    config = _run_config(args)
+    if args.resume and not args.config and (args.out / "config.yaml").exists():
+        config = _run_config(args, load_config(args.out / "config.yaml"))
+    data = _load_data(args.data, config)
+    console = Console(soft_wrap=True)
+    run = train(data, config, args.out, resume=args.resume, progress=console.is_terminal,
+                on_event=lambda msg: console.print(f"[dim]{msg}[/]"))
+    for split in ("val", "test"):
+        if split in run.metrics:
+            _print_metrics(console, split, run.metrics[split])
+    console.print(f"run folder: [bold]{run.path}[/]")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from clipdoctor.train.evaluate import evaluate, load_run
+    from clipdoctor.data.cache import atomic_write_text
+
+    config = load_run(args.run).config
+    data = _load_data(args.data, config)
+    m = evaluate(args.run, data, args.split)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(m, indent=1, ensure_ascii=False))
+    console = Console(soft_wrap=True)
+    _print_metrics(console, m["split"], m)
+    if args.confusion:
+        from clipdoctor.report.plots import save_confusion_matrix
+
+        save_confusion_matrix(m["confusion"], data.classes, args.confusion)
+        console.print(f"confusion matrix: {args.confusion}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from clipdoctor.train.evaluate import predict
+
+    results = predict(args.run, args.videos, topk=args.topk)
+    if args.json:
+        print(json.dumps(results, indent=1, ensure_ascii=False))
+        return 0
+    console = Console(soft_wrap=True)
+    for r in results:
+        if "error" in r:
+            console.print(f"{r['path']}: [red]cannot read[/] ({r['error']})", highlight=False)
+            continue
+        labels = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
+        console.print(f"{r['path']}: {labels}", highlight=False)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from clipdoctor.export import PARITY_TOL, export_onnx, export_torchscript
+    from clipdoctor.train.evaluate import load_run
+
+    loaded = load_run(args.run)
+    d = loaded.config.data
+    results = []
+    if args.onnx:
+        results.append(export_onnx(loaded.model, args.onnx, d.frames, d.size))
+    if args.torchscript:
+        results.append(export_torchscript(loaded.model, args.torchscript, d.frames, d.size))
+    console = Console(soft_wrap=True)
+    for r in results:
+        state = "[green]ok[/]" if r.ok else f"[red]above {PARITY_TOL:g}[/]"
+        console.print(f"{r.format}: {r.path}  max abs difference vs PyTorch {r.max_abs_diff:.2e} {state}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    from clipdoctor.models.backbones import list_backbones
+
+    names = list_backbones(args.pattern, pretrained_only=args.pretrained)
+    print("\n".join(names))
+    return 0 if names else 1
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -76,19 +212,37 @@ def _generate(out: Path, args: argparse.Namespace) -> Path:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     root = _generate(args.out, args)
-    Console().print(f"wrote the synthetic dataset to [bold]{root}[/]")
+    Console(soft_wrap=True).print(f"wrote the synthetic dataset to [bold]{root}[/]")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    console = Console()
-    data = args.out / "data"
+    import time
+
+    from clipdoctor.demo import DEMO_OVERRIDES, run_demo
+
+    started = time.perf_counter()
+    console = Console(soft_wrap=True)
     console.rule("clipdoctor demo: 1. data")
-    root = _generate(data, args)
+    root = _generate(args.out / "data", args)
     console.print(f"wrote {root} (time-reversed motion pairs: only frame order tells them apart)")
     info = argparse.Namespace(data=str(root), format=None, fold=1, split_seed=0, strict=False,
                               cache_dir=args.cache_dir, no_cache=False, json=False)
-    return _cmd_info(info)
+    _cmd_info(info)
+    console.rule("clipdoctor demo: 2. training on the CPU")
+    console.print(f"backbone {DEMO_OVERRIDES['model.backbone']} from random weights, "
+                  f"end to end, {DEMO_OVERRIDES['data.frames']} frames at "
+                  f"{DEMO_OVERRIDES['data.size']} px", highlight=False)
+    result = run_demo(root, args.out, seed=args.seed, cache_dir=args.cache_dir,
+                      progress=console.is_terminal, say=lambda m: console.print(f"[dim]{m}[/]"))
+    console.rule("clipdoctor demo: 3. test split")
+    for name, m in (("CNN-LSTM (grid + bilstm)", result.metrics),
+                    ("order-blind baseline (meanpool)", result.baseline_metrics)):
+        if "test" in m:
+            _print_metrics(console, name, m["test"])
+    console.print(f"run folder: [bold]{result.run}[/]   baseline: {result.baseline_run}   "
+                  f"wall time {time.perf_counter() - started:.0f} s")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +257,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser("train", help="train a CNN-LSTM on DATA into a run folder")
+    p.add_argument("data", help="dataset folder, CSV manifest or .npz file")
+    p.add_argument("--out", type=Path, default=Path("runs/run"), help="run folder (default runs/run)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/*/last.ckpt")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained run on a split of DATA")
+    p.add_argument("run", type=Path)
+    p.add_argument("data")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", type=Path, help="write the metrics to this JSON file")
+    p.add_argument("--confusion", type=Path, help="write the confusion matrix to this PNG file")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels for video files or frame folders")
+    p.add_argument("run", type=Path)
+    p.add_argument("videos", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="ONNX / TorchScript export, checked against PyTorch")
+    p.add_argument("run", type=Path)
+    p.add_argument("--onnx", type=Path)
+    p.add_argument("--torchscript", type=Path)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("backbones", help="list timm backbone names")
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'resnet*'")
+    p.add_argument("--pretrained", action="store_true", help="only names with pretrained weights")
+    p.set_defaults(func=_cmd_backbones)
+
     p = sub.add_parser("synth", help="write the synthetic motion dataset (real .mp4 files)")
     p.add_argument("out", type=Path, help="folder to write (folder-per-class layout)")
     _synth_options(p)
@@ -116,9 +303,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Lightning's start-up chatter (accelerator lines, tips) says nothing a user needs here.
+
+    Lightning sets its loggers' levels when imported, so this imports it first."""
+    import lightning.pytorch  # noqa: F401
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.func in (_cmd_train, _cmd_demo, _cmd_evaluate, _cmd_predict, _cmd_export):
+        _quiet_libraries()
+    if args.func is _cmd_export and not (args.onnx or args.torchscript):
+        parser.error("export needs --onnx FILE and/or --torchscript FILE")
     try:
         return args.func(args)
     except ClipdoctorError as e:

@@ -59,10 +59,49 @@ class DataConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
 
 
+class ModelConfig(_Strict):
+    """The CNN-LSTM: a timm backbone per frame, per-frame pooling, a projection, a temporal head."""
+
+    backbone: str = "resnet10t"  # any timm name; resnet10t is small enough for a CPU
+    pretrained: bool = True  # timm hub weights (needs the network once); --weights for a file
+    weights: Path | None = None  # local safetensors / state-dict file, loaded with weights_only
+    freeze_backbone: bool = True  # stage 1 trains the head on cached per-frame features
+    pool: Literal["gap", "grid", "attention"] = "grid"  # grid keeps coarse position; gap loses direction
+    grid: int = Field(2, ge=1, le=8)  # grid pooling: k x k cells per frame
+    proj_dim: int = Field(256, ge=8)  # backbone width (x cells) -> head width
+    head: Literal["lstm", "bilstm", "gru", "attention", "transformer", "meanpool"] = "bilstm"
+    hidden: int = Field(256, ge=8)  # RNN hidden size / transformer width
+    layers: int = Field(1, ge=1, le=8)  # stacked RNN / transformer layers
+    dropout: float = Field(0.2, ge=0, lt=1)  # on the projected features and between RNN layers
+    trainable_blocks: int = Field(1, ge=0)  # stage 2 unfreezes this many last backbone blocks
+
+
+class TrainConfig(_Strict):
+    """Optimisation: AdamW, warm-up then a schedule, early stopping, two stages."""
+
+    epochs: int = Field(30, ge=1)  # stage 1 (head on cached features) epochs; cheap
+    lr: float = Field(1e-3, gt=0)  # AdamW; a safe start for a freshly initialised head
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up avoids early divergence
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weighting: Literal["balanced", "sampler", "none"] = "balanced"  # sklearn's balanced weights
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables; RNNs spike without it
+    patience: int = Field(8, ge=1)  # early stopping on validation loss
+    feature_views: int = Field(1, ge=1)  # augmented views per training clip in the feature cache
+    finetune_epochs: int = Field(0, ge=0)  # stage 2: end-to-end with the last blocks unfrozen
+    finetune_lr_mult: float = Field(0.1, gt=0, le=1)  # backbone LR = lr x this in stage 2
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"  # auto: mixed on GPUs
+    accelerator: str = "auto"
+    devices: str = "auto"
+
+
 class RunConfig(_Strict):
-    """A whole run. Model and training sections are added by their stages."""
+    """A whole run: data, model, training and the seed that makes it repeat."""
 
     data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
     seed: int = 0
 
 
@@ -81,6 +120,39 @@ def load_config(path: str | Path) -> RunConfig:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ClipdoctorError(f"{path}: {where}: {err['msg']} (see clipdoctor train --help)") from None
+
+
+def config_fields() -> list[tuple[str, object]]:
+    """Every leaf option of a run as (dotted path, pydantic FieldInfo), e.g. ("train.lr", ...)."""
+    out: list[tuple[str, object]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            else:
+                out.append((f"{prefix}{name}", info))
+
+    walk(RunConfig, "")
+    return out
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, object]) -> RunConfig:
+    """A copy of `config` with dotted-path values replaced, validated as a whole."""
+    raw = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = str(value) if isinstance(value, Path) else value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + str(err["loc"][-1]).replace("_", "-")
+        raise ClipdoctorError(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

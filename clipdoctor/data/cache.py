@@ -15,6 +15,7 @@ counts, sizes, timestamps) are cached the same way as small JSON files.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -60,11 +61,18 @@ def sample_key(sample: Sample, **params: object) -> str:
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     """Write an .npy file under a temporary name in the same folder, then rename it into place."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getbuffer())
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write a file under a temporary name in the same folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -72,15 +80,7 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def probe_sample(sample: Sample) -> VideoInfo:
@@ -179,3 +179,29 @@ class FrameCache:
                 if progress:
                     progress(done, len(samples))
         return failed
+
+
+class FeatureCache:
+    """Per-clip arrays computed by a frozen network (e.g. per-frame features), one `.npy` per key.
+
+    The caller builds the key (`sample_key(sample, **everything_that_produced_it)`), so a
+    changed file, backbone, weight, pooling or sampling parameter never hits a stale entry."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def path(self, key: str) -> Path:
+        return self.root / "features" / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            return np.load(path, mmap_mode="r")
+        except (ValueError, OSError):
+            log.warning("ignoring unreadable cache entry %s", path)
+            return None
+
+    def put(self, key: str, array: np.ndarray) -> None:
+        atomic_save_npy(self.path(key), np.ascontiguousarray(array))

@@ -149,19 +149,29 @@ class ClipDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
 
-    def dataset(self, split: str, *, train: bool | None = None) -> ClipDataset:
-        """The dataset of one split; `train` (default: split == 'train') picks augmentation."""
+    def dataset(self, split: str, *, train: bool | None = None,
+                samples: Sequence[Sample] | None = None, num_clips: int | None = None,
+                seed: int | None = None) -> ClipDataset:
+        """The dataset of one split; `train` (default: split == 'train') picks augmentation.
+
+        `samples`, `num_clips` and `seed` override the split's clips, the clips per video
+        (default: 1 in training, `eval_clips` otherwise) and the module's seed."""
         self.prepare()
         c = self.config
         train = split == "train" if train is None else train
         norm = {k: v for k, v in (("mean", self.mean), ("std", self.std)) if v is not None}
-        spec = AugmentSpec(**c.augment.model_dump())
-        transform = train_transform(c.size, spec=spec, **norm) if train else eval_transform(c.size, **norm)
-        return ClipDataset([s for s in self.samples if s.split == split], frames=c.frames,
-                           train=train, transform=transform, cache=self.cache,
-                           frame_size=c.frame_size, sampler=c.sampler, stride=c.stride,
-                           max_stride=c.max_stride, short=c.short,
-                           num_clips=1 if train else c.eval_clips, seed=self.seed)
+        if train:
+            transform = train_transform(c.size, spec=AugmentSpec(**c.augment.model_dump()), **norm)
+        else:
+            transform = eval_transform(c.size, **norm)
+        if samples is None:
+            samples = [s for s in self.samples if s.split == split]
+        if num_clips is None:
+            num_clips = 1 if train else c.eval_clips
+        return ClipDataset(samples, frames=c.frames, train=train, transform=transform,
+                           cache=self.cache, frame_size=c.frame_size, sampler=c.sampler,
+                           stride=c.stride, max_stride=c.max_stride, short=c.short,
+                           num_clips=num_clips, seed=self.seed if seed is None else seed)
 
     def class_weights(self) -> torch.Tensor:
         labels = [s.label for s in self.samples if s.split == "train"]

@@ -35,7 +35,7 @@ def _fmt_range(r: dict | None, unit: str = "") -> str:
 
 def print_info(summary: dict, console: Console | None = None) -> None:
     """The human view of `clipdoctor info`."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     console.print(f"[bold]{summary['root']}[/]  layout: [cyan]{summary['format']}[/]  "
                   f"classes: {len(summary['classes'])}  readable clips: {summary['clips']}")
     splits = [s for s, v in summary["splits"].items() if v["clips"]]

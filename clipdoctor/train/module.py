@@ -1,0 +1,127 @@
+"""The LightningModule: loss, metrics (torchmetrics), AdamW with warm-up and a schedule.
+
+It receives a built model. On cached features (stage 1) the model's `forward_cached` runs;
+on clips (stage 2, or an unfrozen backbone) its full `forward` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from clipdoctor.config import TrainConfig
+
+
+def unpack(batch: tuple | list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x, y) or (x, y, lengths) -> (x, y, lengths or None)."""
+    x, y = batch[0], batch[1]
+    lengths = batch[2] if len(batch) > 2 else None
+    return x, y, lengths
+
+
+def warmup_schedule(kind: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier per optimiser step: linear warm-up, then cosine to 0 / one-cycle / constant."""
+
+    def factor(step: int) -> float:
+        if kind == "onecycle":
+            peak = max(1, warmup_steps or int(0.3 * total_steps))
+            if step < peak:
+                return 0.04 + 0.96 * step / peak  # from lr/25, as torch's OneCycleLR
+            progress = min(1.0, (step - peak) / max(1, total_steps - peak))
+            return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress))
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+        "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+    }, prefix=prefix)
+
+
+class ClipModule(L.LightningModule):
+    """Cross-entropy (class weights, label smoothing) over a ClipClassifier."""
+
+    def __init__(self, model: nn.Module, num_classes: int, config: TrainConfig, *,
+                 class_weights: torch.Tensor | None = None, cached: bool = False,
+                 epochs: int | None = None, steps_per_epoch: int = 1,
+                 backbone_lr_mult: float = 1.0) -> None:
+        super().__init__()
+        self.model, self.config, self.cached = model, config, cached
+        self.num_classes = num_classes
+        self.epochs = epochs or config.epochs
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.backbone_lr_mult = backbone_lr_mult
+        # a buffer so the weights move with the module and are saved in checkpoints
+        self.register_buffer("class_weights", class_weights if class_weights is not None
+                             else torch.ones(num_classes), persistent=True)
+        self.train_metrics = _metrics(num_classes, "train_")
+        self.val_metrics = _metrics(num_classes, "val_")
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.forward_cached(x, lengths) if self.cached else self.model(x, lengths)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, weight=self.class_weights,
+                               label_smoothing=self.config.label_smoothing)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y, lengths = unpack(batch)
+        logits = self(x, lengths)
+        loss = self.loss(logits, y)
+        self.train_metrics.update(logits.detach(), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y, lengths = unpack(batch)
+        logits = self(x, lengths)
+        self.val_metrics.update(logits, y)
+        self.log("val_loss", self.loss(logits, y), on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.log("val_balanced_acc", values.pop("val_balanced_acc"), prog_bar=True)
+        self.log_dict(values)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self):
+        """AdamW; no weight decay on biases and norms; backbone at a lower LR in stage 2."""
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            in_backbone = name.startswith("backbone.")
+            decay = p.ndim > 1
+            groups.setdefault((in_backbone, decay), []).append(p)
+        lr, wd = self.config.lr, self.config.weight_decay
+        param_groups = [{"params": ps, "lr": lr * (self.backbone_lr_mult if bb else 1.0),
+                         "weight_decay": wd if decay else 0.0}
+                        for (bb, decay), ps in sorted(groups.items())]
+        optimizer = torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd)
+        total = self.epochs * self.steps_per_epoch
+        warmup = round(self.config.warmup_epochs * self.steps_per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_schedule(self.config.schedule, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,231 @@
+"""fit / resume / two-stage training, and the run folder of DESIGN §2.
+
+Stage 1 (frozen backbone): per-frame features are computed once and cached; the head trains
+on them. Stage 2 (`finetune_epochs`): the last backbone blocks are unfrozen and the whole
+model trains on clips, the backbone at a lower learning rate. A backbone that is not frozen
+trains end to end from the start.
+
+RUN/
+  config.yaml           complete, re-runnable (`clipdoctor train DATA --config RUN/config.yaml`)
+  classes.json          class names in index order
+  checkpoints/          best.ckpt and last.ckpt of the final stage; stage1/ and stage2/ hold each stage's
+  metrics.json          validation and test metrics of the best checkpoint, epochs, wall time
+  logs/                 CSV and TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from clipdoctor.config import RunConfig, save_config
+from clipdoctor.data.cache import FeatureCache, atomic_write_text
+from clipdoctor.data.datamodule import ClipDataModule
+from clipdoctor.data.sources import Sample, SourceIndex
+from clipdoctor.errors import ClipdoctorError
+from clipdoctor.models.backbones import freeze
+from clipdoctor.models.classifier import ClipClassifier, build_classifier
+from clipdoctor.train.features import FeatureDataset, SeededShuffle, compute_features
+from clipdoctor.train.module import ClipModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """A finished (or resumed and finished) training run."""
+
+    path: Path
+    model: ClipClassifier
+    classes: list[str]
+    config: RunConfig
+    metrics: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+
+
+class _RngState(Callback):
+    """Saves and restores torch's global RNG in checkpoints, so a resumed run draws the same
+    dropout masks as an uninterrupted one."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["clipdoctor_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if "clipdoctor_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["clipdoctor_rng"])
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when the run folder cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ClipdoctorError(f"{out}: cannot write the run folder ({e.strerror or e}); "
+                              "pass --out with a writable folder") from None
+
+
+def _trainer(config: RunConfig, out: Path, stage: str, epochs: int, *,
+             progress: bool) -> tuple[L.Trainer, ModelCheckpoint]:
+    t = config.train
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints" / stage, filename="best", monitor="val_loss",
+                           mode="min", save_last=True, save_top_k=1, enable_version_counter=False)
+    callbacks: list[Callback] = [ckpt, EarlyStopping("val_loss", patience=t.patience, mode="min"),
+                                 _RngState()]
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=False))
+    loggers = [CSVLogger(out / "logs", name=stage, version=""),
+               TensorBoardLogger(out / "logs", name=stage, version="", default_hp_metric=False)]
+    precision = t.precision
+    if precision == "auto":
+        precision = "16-mixed" if torch.cuda.is_available() else "32-true"
+    trainer = L.Trainer(max_epochs=epochs, accelerator=t.accelerator, devices=t.devices,
+                        precision=precision, gradient_clip_val=t.grad_clip or None,
+                        callbacks=callbacks, logger=loggers, deterministic=True,
+                        enable_progress_bar=progress, enable_model_summary=False,
+                        log_every_n_steps=1, num_sanity_val_steps=0)
+    return trainer, ckpt
+
+
+def _loader(ds, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0,
+            sampler=None) -> DataLoader:
+    if shuffle and sampler is None:
+        sampler = SeededShuffle(ds, seed)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def _lengths(dm: ClipDataModule, samples: list[Sample]) -> list[int] | None:
+    """Valid steps per clip when short clips are padded (cached frames vs T)."""
+    if dm.config.short != "pad":
+        return None
+    t = dm.config.frames
+    return [min(t, len(dm.cache.frames(s)) if dm.cache else dm.config.frames) for s in samples]
+
+
+def _fit(trainer: L.Trainer, module: ClipModule, train_dl, val_dl, ckpt_dir: Path,
+         resume: bool) -> None:
+    last = ckpt_dir / "last.ckpt"
+    with warnings.catch_warnings():
+        # a frozen backbone is in eval mode on purpose (its BatchNorm statistics must not move)
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        trainer.fit(module, train_dl, val_dl,
+                    ckpt_path=str(last) if resume and last.exists() else None)
+
+
+def _load_best(module: ClipModule, ckpt: ModelCheckpoint) -> None:
+    if ckpt.best_model_path and Path(ckpt.best_model_path).exists():
+        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+
+
+def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool = False,
+          progress: bool = False, on_event: Callable[[str], None] | None = None) -> Run:
+    """Train a ClipClassifier on `data`; writes and returns the run (see the module docstring)."""
+    started = time.perf_counter()
+    out = Path(out)
+    check_writable(out)
+    if resume and not (out / "config.yaml").exists():
+        raise ClipdoctorError(f"{out}: nothing to resume (no config.yaml); train without --resume")
+    say = on_event or (lambda msg: log.info(msg))
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    classes = data.classes
+    model = build_classifier(config.model, len(classes))
+    save_config(config, out / "config.yaml")
+    atomic_write_text(out / "classes.json", json.dumps(classes, ensure_ascii=False, indent=1))
+
+    t = config.train
+    dm = ClipDataModule(data, config.data, mean=model.info.mean, std=model.info.std,
+                        balanced_sampler=t.class_weighting == "sampler", seed=config.seed)
+    say("decoding clips into the frame cache")
+    dm.prepare()
+    weights = dm.class_weights() if t.class_weighting == "balanced" else None
+    train_samples = [s for s in dm.samples if s.split == "train"]
+    val_samples = [s for s in dm.samples if s.split == "val"]
+    if not train_samples or not val_samples:
+        raise ClipdoctorError(f"{data.root}: training needs clips in train and val; found "
+                              f"{len(train_samples)} and {len(val_samples)} readable ones")
+    bs = config.data.batch_size
+    stage_epochs = []
+
+    if config.model.freeze_backbone:
+        say("computing per-frame features once (frozen backbone)")
+        cache = FeatureCache(config.data.cache_dir) if config.data.cache else None
+        train_views = compute_features(model, dm, train_samples, views=t.feature_views, cache=cache)
+        val_views = compute_features(model, dm, val_samples, views=1, cache=cache)
+        train_ds = FeatureDataset(train_views, [s.label for s in train_samples],
+                                  _lengths(dm, train_samples), train=True, seed=config.seed)
+        val_ds = FeatureDataset(val_views, [s.label for s in val_samples], _lengths(dm, val_samples))
+        sampler = None
+        if t.class_weighting == "sampler":
+            w = dm.class_weights()[torch.tensor([s.label for s in train_samples])]
+            sampler = torch.utils.data.WeightedRandomSampler(
+                w.double(), len(w), generator=torch.Generator().manual_seed(config.seed))
+        train_dl = _loader(train_ds, bs, shuffle=True, seed=config.seed, sampler=sampler)
+        val_dl = _loader(val_ds, bs * 4, shuffle=False, seed=config.seed)
+        module = ClipModule(model, len(classes), t, class_weights=weights, cached=True,
+                            steps_per_epoch=len(train_dl))
+        say("stage 1: training the head on cached features")
+        trainer, ckpt = _trainer(config, out, "stage1", t.epochs, progress=progress)
+        _fit(trainer, module, train_dl, val_dl, out / "checkpoints" / "stage1", resume)
+        _load_best(module, ckpt)
+        stage_epochs.append(trainer.current_epoch)
+        final = out / "checkpoints" / "stage1"
+
+    if not config.model.freeze_backbone or t.finetune_epochs > 0:
+        stage = "stage2" if config.model.freeze_backbone else "stage1"
+        epochs = t.finetune_epochs if config.model.freeze_backbone else t.epochs
+        if config.model.freeze_backbone:
+            freeze(model.backbone, trainable_blocks=config.model.trainable_blocks)
+        train_ds = dm.dataset("train")
+        train_dl = _loader(train_ds, bs, shuffle=True, seed=config.seed,
+                           num_workers=config.data.num_workers)
+        if t.class_weighting == "sampler":
+            train_dl = dm.train_dataloader()
+        val_dl = dm.val_dataloader()
+        mult = t.finetune_lr_mult if config.model.freeze_backbone else 1.0
+        module = ClipModule(model, len(classes), t, class_weights=weights, cached=False,
+                            epochs=epochs, steps_per_epoch=len(train_dl), backbone_lr_mult=mult)
+        say(f"{stage}: training on clips" + (" (last blocks unfrozen)"
+                                             if config.model.freeze_backbone else ""))
+        trainer, ckpt = _trainer(config, out, stage, epochs, progress=progress)
+        _fit(trainer, module, train_dl, val_dl, out / "checkpoints" / stage, resume)
+        _load_best(module, ckpt)
+        stage_epochs.append(trainer.current_epoch)
+        final = out / "checkpoints" / stage
+
+    for name in ("best.ckpt", "last.ckpt"):
+        if (final / name).exists():
+            tmp = out / "checkpoints" / f".{name}.tmp"
+            shutil.copyfile(final / name, tmp)
+            os.replace(tmp, out / "checkpoints" / name)
+
+    from clipdoctor.train.evaluate import evaluate_samples
+
+    model.eval()
+    metrics: dict = {"epochs": stage_epochs, "skipped": len(dm.skipped)}
+    for split in ("val", "test"):
+        samples = [s for s in dm.samples if s.split == split]
+        if samples:
+            metrics[split] = evaluate_samples(model, dm, samples, classes)
+    metrics["wall_s"] = round(time.perf_counter() - started, 2)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    return Run(out, model, classes, config, metrics, dm.skipped)
