@@ -15,6 +15,7 @@ RUN/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -121,6 +122,18 @@ def _lengths(dm: ClipDataModule, samples: list[Sample]) -> list[int] | None:
     return [min(t, len(dm.cache.frames(s)) if dm.cache else dm.config.frames) for s in samples]
 
 
+@contextlib.contextmanager
+def _bar(show: bool, description: str):
+    """A rich progress callback when `show`, else None (library calls stay silent)."""
+    if not show:
+        yield None
+        return
+    from clipdoctor.report.terminal import progress_bar
+
+    with progress_bar(description) as update:
+        yield update
+
+
 def _fit(trainer: L.Trainer, module: ClipModule, train_dl, val_dl, ckpt_dir: Path,
          resume: bool) -> None:
     last = ckpt_dir / "last.ckpt"
@@ -156,7 +169,9 @@ def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool
     dm = ClipDataModule(data, config.data, mean=model.info.mean, std=model.info.std,
                         balanced_sampler=t.class_weighting == "sampler", seed=config.seed)
     say("decoding clips into the frame cache")
-    dm.prepare()
+    with _bar(progress, "decoding clips") as bar:
+        dm.progress = bar
+        dm.prepare()
     weights = dm.class_weights() if t.class_weighting == "balanced" else None
     train_samples = [s for s in dm.samples if s.split == "train"]
     val_samples = [s for s in dm.samples if s.split == "val"]
@@ -169,8 +184,10 @@ def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool
     if config.model.freeze_backbone:
         say("computing per-frame features once (frozen backbone)")
         cache = FeatureCache(config.data.cache_dir) if config.data.cache else None
-        train_views = compute_features(model, dm, train_samples, views=t.feature_views, cache=cache)
-        val_views = compute_features(model, dm, val_samples, views=1, cache=cache)
+        with _bar(progress, "per-frame features") as bar:
+            train_views = compute_features(model, dm, train_samples, views=t.feature_views,
+                                           cache=cache, progress=bar)
+            val_views = compute_features(model, dm, val_samples, views=1, cache=cache, progress=bar)
         train_ds = FeatureDataset(train_views, [s.label for s in train_samples],
                                   _lengths(dm, train_samples), train=True, seed=config.seed)
         val_ds = FeatureDataset(val_views, [s.label for s in val_samples], _lengths(dm, val_samples))

@@ -144,3 +144,29 @@ def test_a_tiny_run_learns_direction_well_above_chance(tmp_path_factory, tmp_pat
     right = sum(m[s]["top1"] * m[s]["clips"] for s in ("val", "test"))
     total = sum(m[s]["clips"] for s in ("val", "test"))
     assert right / total >= 0.8, m
+
+
+def test_stage2_finetunes_last_block_and_keeps_frozen_batchnorm(tmp_path, pair_data, monkeypatch):
+    from clipdoctor.models import classifier as classifier_mod
+
+    built = {}
+    real_build = classifier_mod.build_classifier
+
+    def spy(config, n):
+        built["model"] = model = real_build(config, n)
+        built["before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return model
+
+    monkeypatch.setattr(run_mod, "build_classifier", spy)
+    cfg = _config(tmp_path, **{"train.epochs": 1, "train.finetune_epochs": 1,
+                               "model.trainable_blocks": 1})
+    run = train(pair_data, cfg, tmp_path / "run")
+    after, before = run.model.state_dict(), built["before"]
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    stats = [k for k in after if k.startswith("backbone.") and "running_" in k]
+    last_block = run.model.backbone.block_names[-1]
+    assert any(last_block in k for k in changed)  # the unfrozen block trained
+    frozen_stats = [k for k in stats if last_block not in k]
+    assert frozen_stats and not (set(frozen_stats) & changed)  # frozen BatchNorm did not move
+    assert (tmp_path / "run" / "checkpoints" / "stage2" / "best.ckpt").exists()
+    assert len(run.metrics["epochs"]) == 2
