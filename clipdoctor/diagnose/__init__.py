@@ -1,0 +1,1 @@
+"""The doctor: probes measure once, checks turn measurements into ranked findings."""

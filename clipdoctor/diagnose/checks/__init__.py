@@ -1,0 +1,1 @@
+"""One small pure function per check, grouped by area: data, model, training, temporal."""

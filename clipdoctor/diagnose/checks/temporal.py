@@ -1,0 +1,3 @@
+"""temporal checks (see DESIGN §4)."""
+
+from __future__ import annotations

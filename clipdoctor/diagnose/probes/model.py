@@ -1,0 +1,3 @@
+"""model probes."""
+
+from __future__ import annotations

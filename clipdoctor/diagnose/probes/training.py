@@ -1,0 +1,3 @@
+"""training probes."""
+
+from __future__ import annotations
