@@ -1,7 +1,7 @@
 """clipdoctor: train CNN-LSTM clip classifiers and find out why the loss stays high.
 
-Public API (DESIGN §3): `load_dataset` now; `train`, `evaluate`, `predict`, `diagnose`,
-`Report` and `Finding` arrive with their stages.
+Public API (DESIGN §3): load_dataset, train, evaluate, predict, diagnose, Report, Finding.
+The heavy parts (Lightning, timm) are imported on first use, so `import clipdoctor` is quick.
 """
 
 from __future__ import annotations
@@ -14,8 +14,28 @@ from clipdoctor.errors import ClipdoctorError, DataError, DecodeError
 
 __version__ = "0.1.0"
 
-__all__ = ["ClipdoctorError", "DataError", "DecodeError", "Sample", "SourceIndex",
-           "load_dataset", "__version__"]
+__all__ = ["ClipdoctorError", "DataError", "DecodeError", "Finding", "Report", "RunConfig",
+           "Sample", "SourceIndex", "diagnose", "evaluate", "load_dataset", "predict", "train",
+           "__version__"]
+
+_LAZY = {
+    "train": ("clipdoctor.train.run", "train"),
+    "evaluate": ("clipdoctor.train.evaluate", "evaluate"),
+    "predict": ("clipdoctor.train.evaluate", "predict"),
+    "diagnose": ("clipdoctor.diagnose.registry", "diagnose"),
+    "Report": ("clipdoctor.diagnose.findings", "Report"),
+    "Finding": ("clipdoctor.diagnose.findings", "Finding"),
+    "RunConfig": ("clipdoctor.config", "RunConfig"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'clipdoctor' has no attribute '{name}'")
 
 
 def load_dataset(source: Any, *, format: str | None = None, fold: int = 1, seed: int = 0,

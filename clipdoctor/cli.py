@@ -156,6 +156,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from clipdoctor.diagnose.findings import SEVERITIES
+    from clipdoctor.diagnose.registry import diagnose
+    from clipdoctor.report.terminal import print_report
+
+    if args.run is not None and args.config is not None:
+        raise ClipdoctorError("give --config FILE or --run RUN, not both")
+    if args.run is not None and not (args.run / "config.yaml").exists():
+        raise ClipdoctorError(f"{args.run}: not a run folder (no config.yaml)")
+    base = load_config(args.run / "config.yaml") if args.run is not None else None
+    config = _run_config(args, base)
+    data = _load_data(args.data, config)
+    report = diagnose(data, config=config, budget_s=args.budget)
+    console = Console(soft_wrap=True)
+    print_report(report, console)
+    if args.json:
+        report.to_json(args.json)
+        console.print(f"JSON report: {args.json}", highlight=False)
+    if args.html:
+        report.to_html(args.html)
+        console.print(f"HTML report: {args.html}", highlight=False)
+    if args.fail_on:
+        limit = SEVERITIES.index(args.fail_on)
+        if any(SEVERITIES.index(f.severity) <= limit for f in report.findings):
+            return 1
+    return 0
+
+
 def _cmd_backbones(args: argparse.Namespace) -> int:
     from clipdoctor.models.backbones import list_backbones
 
@@ -264,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("diagnose", help="find out why the loss stays high, with evidence")
+    p.add_argument("data", help="dataset folder, CSV manifest or .npz file")
+    p.add_argument("--run", type=Path, help="diagnose the configuration of this run folder")
+    p.add_argument("--json", type=Path, help="write the report as JSON (DESIGN §4)")
+    p.add_argument("--html", type=Path, help="write a self-contained HTML report")
+    p.add_argument("--budget", type=float, default=120.0,
+                   help="seconds for all measurements (probes shrink to fit; default 120)")
+    p.add_argument("--fail-on", choices=["error", "warning"],
+                   help="exit 1 when a finding at or above this severity holds (for CI)")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_diagnose)
+
     p = sub.add_parser("evaluate", help="metrics of a trained run on a split of DATA")
     p.add_argument("run", type=Path)
     p.add_argument("data")
@@ -317,7 +357,8 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.func in (_cmd_train, _cmd_demo, _cmd_evaluate, _cmd_predict, _cmd_export):
+    if args.func in (_cmd_train, _cmd_demo, _cmd_evaluate, _cmd_predict, _cmd_export,
+                     _cmd_diagnose):
         _quiet_libraries()
     if args.func is _cmd_export and not (args.onnx or args.torchscript):
         parser.error("export needs --onnx FILE and/or --torchscript FILE")
