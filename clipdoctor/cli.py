@@ -247,28 +247,40 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from clipdoctor.demo import DEMO_OVERRIDES, run_demo
+    from clipdoctor.demo import BROKEN_DATA, DEMO_OVERRIDES, diagnose_demo, run_demo
+    from clipdoctor.report.terminal import print_report
 
     started = time.perf_counter()
     console = Console(soft_wrap=True)
-    console.rule("clipdoctor demo: 1. data")
+    console.rule("clipdoctor demo: 1. data" + (" with planted faults" if args.broken else ""))
+    if args.broken:
+        for key, value in BROKEN_DATA.items():
+            setattr(args, key, value)
     root = _generate(args.out / "data", args)
     console.print(f"wrote {root} (time-reversed motion pairs: only frame order tells them apart)")
     info = argparse.Namespace(data=str(root), format=None, fold=1, split_seed=0, strict=False,
                               cache_dir=args.cache_dir, no_cache=False, json=False)
     _cmd_info(info)
-    console.rule("clipdoctor demo: 2. training on the CPU")
-    console.print(f"backbone {DEMO_OVERRIDES['model.backbone']} from random weights, "
-                  f"end to end, {DEMO_OVERRIDES['data.frames']} frames at "
-                  f"{DEMO_OVERRIDES['data.size']} px", highlight=False)
-    result = run_demo(root, args.out, seed=args.seed, cache_dir=args.cache_dir,
-                      progress=console.is_terminal, say=lambda m: console.print(f"[dim]{m}[/]"))
-    console.rule("clipdoctor demo: 3. test split")
-    for name, m in (("CNN-LSTM (grid + bilstm)", result.metrics),
-                    ("order-blind baseline (meanpool)", result.baseline_metrics)):
-        if "test" in m:
-            _print_metrics(console, name, m["test"])
-    console.print(f"run folder: [bold]{result.run}[/]   baseline: {result.baseline_run}   "
+    if not args.broken:
+        console.rule("clipdoctor demo: 2. training on the CPU")
+        console.print(f"backbone {DEMO_OVERRIDES['model.backbone']} from random weights, "
+                      f"end to end, {DEMO_OVERRIDES['data.frames']} frames at "
+                      f"{DEMO_OVERRIDES['data.size']} px", highlight=False)
+        result = run_demo(root, args.out, seed=args.seed, cache_dir=args.cache_dir,
+                          progress=console.is_terminal,
+                          say=lambda m: console.print(f"[dim]{m}[/]"))
+        console.rule("clipdoctor demo: 3. test split")
+        for name, m in (("CNN-LSTM (grid + bilstm)", result.metrics),
+                        ("order-blind baseline (meanpool)", result.baseline_metrics)):
+            if "test" in m:
+                _print_metrics(console, name, m["test"])
+        console.print(f"run folder: [bold]{result.run}[/]   baseline: {result.baseline_run}")
+    console.rule("clipdoctor demo: " + ("2. the doctor on the broken setup" if args.broken
+                                        else "4. the doctor on the run's configuration"))
+    report = diagnose_demo(root, args.out, broken=args.broken, seed=args.seed,
+                           cache_dir=args.cache_dir, budget_s=args.budget)
+    print_report(report, console)
+    console.print(f"HTML report: [bold]{args.out / 'report.html'}[/]   "
                   f"wall time {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -338,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="make the demo data and run the main job on it")
     p.add_argument("--out", type=Path, default=Path("demo"), help="where to write (default ./demo)")
     p.add_argument("--cache-dir", type=Path, help="frame cache folder")
+    p.add_argument("--broken", action="store_true",
+                   help="plant faults (imbalance, label noise, corrupt files, a too-high LR, "
+                        "per-frame augmentation) and show the doctor finding them")
+    p.add_argument("--budget", type=float, default=120.0, help="seconds for the diagnosis")
     _synth_options(p)
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -62,3 +62,25 @@ def run_demo(data_root: Path, out: Path, *, seed: int = 0, cache_dir: Path | Non
     base_cfg = with_overrides(config, {"model.head": "meanpool"})
     base = train(index, base_cfg, out / "baseline", progress=progress, on_event=say)
     return DemoResult(Path(data_root), run.path, base.path, run.metrics, base.metrics)
+
+
+# Faults planted by `clipdoctor demo --broken`, each one a cause the doctor should name.
+BROKEN_DATA = {"imbalance": 5.0, "label_noise": 0.15, "corrupt": 0.05}
+BROKEN_OVERRIDES: dict[str, object] = {
+    "train.lr": 3.0,  # far too high for AdamW: the loss cannot settle
+    "train.class_weighting": "none",  # imbalanced classes, unweighted loss
+    "data.augment.per_frame": True,  # a new random crop for every frame: fake motion
+}
+
+
+def diagnose_demo(data_root: Path, out: Path, *, broken: bool = False, seed: int = 0,
+                  cache_dir: Path | None = None, budget_s: float = 120.0):
+    """Diagnose the demo configuration (or the broken one) and write OUT/report.{json,html}."""
+    from clipdoctor.data.sources import load_source
+    from clipdoctor.diagnose.registry import diagnose
+
+    config = demo_config(cache_dir, seed=seed, **(BROKEN_OVERRIDES if broken else {}))
+    report = diagnose(load_source(data_root), config=config, budget_s=budget_s)
+    report.to_json(out / "report.json")
+    report.to_html(out / "report.html")
+    return report

@@ -98,8 +98,9 @@ class Finding:
         return CODES[self.code][0]
 
     def to_dict(self) -> dict:
+        public = {k: v for k, v in self.evidence.items() if not str(k).startswith("_")}
         return {"code": self.code, "area": self.area, "severity": self.severity,
-                "title": self.title, "evidence": _jsonable(self.evidence), "remedy": self.remedy}
+                "title": self.title, "evidence": _jsonable(public), "remedy": self.remedy}
 
 
 def rank(findings: list[Finding]) -> list[Finding]:

@@ -1,13 +1,22 @@
-"""Terminal output (rich): dataset summaries and progress bars. Only this package and cli.py print."""
+"""Terminal output (rich): dataset summaries, progress bars and the doctor's report.
+
+Only this package and cli.py print. Strings that come from data (class names, paths,
+evidence) are never parsed as rich markup: they go into `Text` objects or are escaped.
+"""
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from clipdoctor.diagnose.findings import Report
 
 
 @contextmanager
@@ -59,3 +68,157 @@ def print_info(summary: dict, console: Console | None = None) -> None:
         console.print(f"[yellow]{len(skipped)} file(s) cannot be used:[/]")
         for s in skipped:
             console.print(f"  {s['path']}: {s['reason']}", markup=False, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the doctor's report; `verdict`, `evidence_line` and `run_facts` are shared with report/html.py
+
+SEVERITY_STYLE = {"error": "bold white on red", "warning": "bold black on yellow",
+                  "info": "bold white on blue"}
+_VERDICT_STYLE = {"error": "bold red", "warning": "bold yellow", None: "bold green"}
+
+
+def fmt_number(v: Any) -> str:
+    """Numbers short and readable: ints as they are, floats to 3 significant digits."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 100_000 else str(v)
+    if isinstance(v, float):
+        return f"{v:.3g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _short(v: Any, limit: int = 40) -> str | None:
+    """A scalar (or small flat dict / list of scalars) in a few characters; None when too big."""
+    if hasattr(v, "tolist") and getattr(v, "ndim", 1) == 0:
+        v = v.tolist()
+    if v is None or isinstance(v, (bool, int, float)):
+        return fmt_number(v)
+    if isinstance(v, str):
+        return v if len(v) <= limit else None
+    if isinstance(v, dict) and 0 < len(v) <= 3 and all(_is_scalar(x) for x in v.values()):
+        return ", ".join(f"{k} {fmt_number(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)) and 0 < len(v) <= 4 and all(_is_scalar(x) for x in v):
+        return "[" + ", ".join(fmt_number(x) for x in v) + "]"
+    return None
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 30)
+
+
+def evidence_line(evidence: dict, width: int = 110) -> str:
+    """The key numbers of a finding's evidence in one line (big values and `_raw` keys left out)."""
+    parts = []
+    for key, value in (evidence or {}).items():
+        if str(key).startswith("_"):
+            continue
+        text = _short(value)
+        if text is not None:
+            parts.append(f"{key}={text}")
+    line = " · ".join(parts)
+    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+
+
+def severity_counts(report: "Report") -> dict[str, int]:
+    counts = {"error": 0, "warning": 0, "info": 0}
+    for f in report.findings:
+        counts[f.severity] = counts.get(f.severity, 0) + 1
+    return counts
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def verdict(report: "Report") -> str:
+    """One line: what the findings mean for the loss."""
+    c = severity_counts(report)
+    not_run = []
+    if report.skipped:
+        not_run.append(f"{_plural(len(report.skipped), 'check')} skipped")
+    if report.failures:
+        not_run.append(f"{len(report.failures)} failed")
+    tail = f" ({', '.join(not_run)})" if not_run else ""
+    if c["error"]:
+        head = _plural(c["error"], "error") + (f", {_plural(c['warning'], 'warning')}"
+                                               if c["warning"] else "")
+        return f"{head} — the loss cannot come down until the errors are fixed{tail}"
+    if c["warning"]:
+        return (f"{_plural(c['warning'], 'warning')} — nothing blocks the loss, "
+                f"but these cost accuracy{tail}")
+    return f"no errors or warnings: nothing found that keeps the loss high{tail}"
+
+
+def run_facts(report: "Report") -> dict[str, Any]:
+    """Dataset root, clips, classes, wall time and budget, each only when known."""
+    d = report.dataset or {}
+    facts: dict[str, Any] = {}
+    if d.get("root"):
+        facts["dataset"] = str(d["root"])
+    counts = d.get("counts")
+    if isinstance(d.get("clips"), int):
+        facts["clips"] = d["clips"]
+    elif isinstance(counts, dict):
+        try:
+            facts["clips"] = int(sum(sum(v) for v in counts.values() if v is not None))
+        except (TypeError, ValueError):
+            pass
+    if d.get("classes") is not None:
+        try:
+            facts["classes"] = len(d["classes"])
+        except TypeError:
+            pass
+    budget = getattr(report, "budget_s", None) or d.get("budget_s") or (report.model or {}).get(
+        "budget_s")
+    if report.wall_s:
+        facts["wall time"] = f"{report.wall_s:.1f} s"
+    if budget:
+        facts["budget"] = f"{fmt_number(budget)} s"
+    return facts
+
+
+def print_report(report: "Report", console: Console | None = None) -> None:
+    """The human view of `clipdoctor diagnose`: facts, findings most severe first, checks that
+    did not run, and a one-line verdict."""
+    console = console or Console()
+    header = Text("clipdoctor diagnosis", style="bold")
+    for key, value in run_facts(report).items():
+        header.append(f"   {key}: ", style="dim")
+        header.append(str(value), style="cyan" if key == "dataset" else "")
+    console.print(header)
+
+    if report.findings:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column()
+        for f in report.findings:  # already ranked: severity, then effect
+            body = Text()
+            body.append(f.code, style="bold")
+            body.append(f"  ({f.area})  ", style="dim")
+            body.append(f.title)
+            line = evidence_line(f.evidence)
+            if line:
+                body.append("\nevidence  ", style="dim")
+                body.append(line)
+            if f.remedy:
+                body.append("\nremedy    ", style="dim")
+                body.append(f.remedy, style="green")
+            grid.add_row(Text(f" {f.severity.upper()} ", style=SEVERITY_STYLE[f.severity]), body)
+            grid.add_row("", "")
+        console.print()
+        console.print(grid)
+    else:
+        console.print()
+
+    if report.skipped:
+        console.print(Text(f"skipped ({len(report.skipped)}):", style="dim bold"))
+        for s in report.skipped:
+            console.print(Text(f"  {s.get('name', '?')}: {s.get('reason', '')}", style="dim"))
+    if report.failures:
+        console.print(Text(f"failed checks ({len(report.failures)}):", style="red bold"))
+        for s in report.failures:
+            console.print(Text(f"  {s.get('name', '?')}: {s.get('error', '')}", style="red"))
+    worst = report.worst() if report.worst() in ("error", "warning") else None
+    console.print(Text(verdict(report), style=_VERDICT_STYLE[worst]))
