@@ -160,7 +160,11 @@ def datamodule(ctx: Context):
         data = need_data(ctx)
         mean = std = None
         if not ctx.user_model:
-            info = getattr(base_model(ctx), "info", None)
+            try:
+                info = getattr(base_model(ctx), "info", None)
+            except Exception as e:  # e.g. pretrained weights unreachable: data probes go on
+                log.info("model not built (%s); data probes use ImageNet statistics", e)
+                info = None
             if info is not None:
                 mean, std = info.mean, info.std
         dm = ClipDataModule(data, ctx.config.data, mean=mean, std=std, seed=ctx.seed)
