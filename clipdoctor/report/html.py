@@ -200,23 +200,35 @@ def _plots(report: Report) -> list[dict]:
         out.append(draw("Class counts", lambda: plots.class_counts_figure(counts, classes),
                         "clips per class in each split"))
     for name, value in probes.items():
-        if not isinstance(value, dict):
-            continue
-        names = list(value.get("classes") or classes)
-        if _seq(value.get("per_class_recall")) or isinstance(value.get("per_class_recall"), dict):
-            recall = _by_class(value["per_class_recall"], names)
-            out.append(draw(f"Recall per class ({name})", lambda r=recall: plots.recall_figure(r)))
-        conf = value.get("confusion")
-        if _seq(conf):
-            n = len(conf)
-            labels = names if len(names) == n else [str(i) for i in range(n)]
-            if n > MAX_CONFUSION:
-                out.append({"title": f"Confusion matrix ({name})", "caption": "", "img": "",
-                            "note": f"{n} classes: too many to draw; the matrix is in the JSON"})
-            else:
-                out.append(draw(f"Confusion matrix ({name})",
-                                lambda c=conf, lb=labels: plots.confusion_figure(c, lb),
-                                "rows: true class, columns: predicted"))
+        try:
+            out += _class_plots(name, value, classes, draw)
+        except Exception as e:  # odd probe values cost one note, never the report
+            out.append({"title": name, "caption": "", "img": "",
+                        "note": f"could not plot: {type(e).__name__}: {e}"})
+    return out
+
+
+def _class_plots(name: str, value: Any, classes: list, draw) -> list[dict]:
+    """Recall-per-class and confusion-matrix plots of one probe value, when it has them."""
+    out: list[dict] = []
+    if not isinstance(value, dict):
+        return out
+    given = value.get("classes")
+    names = [str(c) for c in given] if _seq(given) else list(classes)  # may be a count
+    if _seq(value.get("per_class_recall")) or isinstance(value.get("per_class_recall"), dict):
+        recall = _by_class(value["per_class_recall"], names)
+        out.append(draw(f"Recall per class ({name})", lambda r=recall: plots.recall_figure(r)))
+    conf = value.get("confusion")
+    if _seq(conf):
+        n = len(conf)
+        labels = names if len(names) == n else [str(i) for i in range(n)]
+        if n > MAX_CONFUSION:
+            out.append({"title": f"Confusion matrix ({name})", "caption": "", "img": "",
+                        "note": f"{n} classes: too many to draw; the matrix is in the JSON"})
+        else:
+            out.append(draw(f"Confusion matrix ({name})",
+                            lambda c=conf, lb=labels: plots.confusion_figure(c, lb),
+                            "rows: true class, columns: predicted"))
     return out
 
 

@@ -226,6 +226,10 @@ def test_failing_plot_becomes_a_note_and_figures_are_closed(tmp_path, monkeypatc
       "evaluation": {"per_class_recall": [0.5, 0.5], "confusion": [[1, 0], [0, 1]]},
       "odd": {"_frames": np.zeros((4, 8, 8, 1), np.float32)}},
      {"classes": ["a"], "counts": {"train": [3, 4]}, "root": None}),
+    # a probe that counts its classes instead of naming them (seen in `demo --broken`)
+    ({"label_issues": {"classes": 3, "per_class_recall": [0.1, 0.2, 0.3],
+                       "confusion": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}},
+     {"classes": ["a", "b", "c"]}),
 ])
 def test_missing_or_odd_measurements_never_crash(tmp_path, probes, dataset):
     report = Report(findings=[Finding("nan-loss", "error", "loss is NaN", {"_frames": "bad"})],
