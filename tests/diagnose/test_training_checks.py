@@ -608,3 +608,22 @@ def test_e2e_few_clips_many_epochs_overfit(tmp_path_factory):
     cfg = tiny(**{**FROZEN64, "model.dropout": 0.0, "train.weight_decay": 0.0, "train.lr": 1e-2})
     report = diagnose(data, config=cfg, budget_s=30, checks=["fit_curves"])
     assert "overfitting" in codes(report), report.probes["short_run"]
+
+
+def test_hard_divergence_is_lr_too_high_even_when_a_short_sweep_lags():
+    """Measured in `demo --broken` (lr 3): the short run went 2.1 -> 96.9 while a 31-step LR
+    sweep's smoothed loss only rose past 1.25x at lr 5.4."""
+    from clipdoctor.diagnose.checks.training import learning_rate
+    from clipdoctor.diagnose.probes import Probes
+
+    lrs = [1e-7 * (1e8 ** (i / 30)) for i in range(31)]
+    losses = [2.1] * 28 + [2.57, 3.17, 5.03]
+    rng = {"lrs": lrs, "losses": losses, "config_lr": 3.0, "suggestion": 1.6e-4,
+           "min_loss_lr": 0.0117}
+    run = {"step_losses": [2.1, 18.4, 9.1], "train_loss": [22.6, 122.8, 96.9], "epochs": 3,
+           "nonfinite": None, "lr": 3.0}
+    found = learning_rate(Probes(values={"lr_range": rng, "short_run": run, "overfit_batch": None}))
+    assert [(f.code, f.severity) for f in found] == [("lr-too-high", "error")]
+    calm = dict(run, train_loss=[2.0, 1.9, 3.0])  # 1.4x: within the lagging sweep's word
+    found = learning_rate(Probes(values={"lr_range": rng, "short_run": calm, "overfit_batch": None}))
+    assert [f.code for f in found if f.severity == "error"] == []

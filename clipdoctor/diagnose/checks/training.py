@@ -32,6 +32,8 @@ LR_FACTOR = 10.0  # "well below": an order of magnitude under the range test (br
 BLOWUP = 1.25  # the sweep's smoothed loss 25 % above its start: past the usable LRs (fastai
 # stops at 4x; measured on the demo: flat at 2.07 up to ~1e-2, then rising)
 DIVERGE_FACTOR = 1.5  # short run: last epoch's train loss above 1.5x the first step's = diverged
+DIVERGE_HARD = 5.0  # ... above 5x: diverged beyond doubt, whatever a short (lagging) sweep says
+# (`demo --broken`, lr 3: 2.1 -> 96.9 while a 31-step sweep's smoothed loss rose only at 5.4)
 FLAT_DROP = 0.05  # short run: best epoch loss less than 5 % under the first step = barely moves
 # -- gradients (AUTOTRAINER, FIELD-NOTES) ------------------------------------------------------
 EXPLODE_RATIO = 70.0  # ||g_first|| / ||g_last|| above 70 (healthy demo: 0.5-1.1)
@@ -300,7 +302,9 @@ def _high_severity(shape: dict, high: bool, hint: str | None, has_range: bool) -
     """lr-too-high: a diverged short run is an error when the range test (or the one-batch
     retry) agrees, or when there is no range test to disagree; range evidence with a stuck
     run is a warning; range evidence alone (a heuristic) is info."""
-    if shape.get("diverged") and (high or hint == "lower" or not has_range):
+    if shape.get("diverged") and (high or hint == "lower" or not has_range
+                                  or shape.get("last_epoch_loss", 0) > DIVERGE_HARD
+                                  * shape.get("first_loss", float("inf"))):
         return "error"
     if (high and (shape.get("flat") or shape.get("diverged") or hint == "lower")) or (
             hint == "lower" and shape.get("flat")):
