@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broken", action="store_true",
                    help="plant faults (imbalance, label noise, corrupt files, a too-high LR, "
                         "per-frame augmentation) and show the doctor finding them")
-    p.add_argument("--budget", type=float, default=120.0, help="seconds for the diagnosis")
+    p.add_argument("--budget", type=float, default=60.0,
+                   help="seconds for the diagnosis (default 60: the demo data is small)")
     _synth_options(p)
     p.set_defaults(func=_cmd_demo)
     return parser
