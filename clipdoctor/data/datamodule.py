@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clipdoctor.config import DataConfig
 from clipdoctor.data.cache import FrameCache, probe_sample, read_sample
@@ -85,6 +85,36 @@ class ClipDataset(Dataset):
             x[picked.length:] = 0  # padded steps carry no signal, and the length says so
             return x, sample.label, picked.length
         return x, sample.label
+
+
+class EpochSampler(Sampler[int]):
+    """Training order drawn from (seed, epoch): the same on every run and after a resume.
+
+    Without `weights` a permutation; with per-item `weights` a class-balanced draw with
+    replacement. Lightning calls `set_epoch` before each epoch; the dataset is told too, so
+    its random frame / crop / view choices follow the epoch."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0,
+                 weights: torch.Tensor | np.ndarray | None = None) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.p = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            self.p = w / w.sum()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.dataset)
+        order = rng.permutation(n) if self.p is None else rng.choice(n, n, p=self.p)
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.dataset)
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -177,26 +207,23 @@ class ClipDataModule(L.LightningDataModule):
         labels = [s.label for s in self.samples if s.split == "train"]
         return class_weights(labels, len(self.classes))
 
-    def _loader(self, ds: ClipDataset, *, shuffle: bool, sampler=None) -> DataLoader:
+    def _loader(self, ds: ClipDataset, *, sampler: Sampler | None = None) -> DataLoader:
         c = self.config
-        return DataLoader(ds, batch_size=c.batch_size, shuffle=shuffle and sampler is None,
-                          sampler=sampler, num_workers=c.num_workers,
-                          persistent_workers=c.num_workers > 0,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(ds, batch_size=c.batch_size, sampler=sampler, shuffle=False,
+                          num_workers=c.num_workers, persistent_workers=c.num_workers > 0)
+
+    def item_weights(self, labels: Sequence[int]) -> torch.Tensor | None:
+        """Per-item class weights for a class-balanced sampler, or None when not balancing."""
+        if not self.balanced_sampler:
+            return None
+        return self.class_weights()[torch.as_tensor(list(labels), dtype=torch.long)]
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
-        if self.trainer is not None:
-            ds.set_epoch(self.trainer.current_epoch)
-        sampler = None
-        if self.balanced_sampler:
-            w = self.class_weights()[torch.from_numpy(ds.labels())]
-            sampler = WeightedRandomSampler(w.double(), num_samples=len(ds), replacement=True,
-                                            generator=torch.Generator().manual_seed(self.seed))
-        return self._loader(ds, shuffle=True, sampler=sampler)
+        return self._loader(ds, sampler=EpochSampler(ds, self.seed, self.item_weights(ds.labels())))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), shuffle=False)
+        return self._loader(self.dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), shuffle=False)
+        return self._loader(self.dataset("test"))

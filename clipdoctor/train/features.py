@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from clipdoctor.data.cache import FeatureCache, sample_key
 from clipdoctor.data.datamodule import ClipDataModule
@@ -31,28 +31,6 @@ def state_hash(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-class SeededShuffle(Sampler[int]):
-    """A permutation drawn from (seed, epoch): the same order on every run and after a resume.
-
-    Lightning calls `set_epoch` before each epoch; the dataset is told too, so its random
-    frame / view choices follow the epoch."""
-
-    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        return iter(rng.permutation(len(self.dataset)).tolist())
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
 
 class FeatureDataset(Dataset):

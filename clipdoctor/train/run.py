@@ -35,12 +35,12 @@ from torch.utils.data import DataLoader
 
 from clipdoctor.config import RunConfig, save_config
 from clipdoctor.data.cache import FeatureCache, atomic_write_text
-from clipdoctor.data.datamodule import ClipDataModule
+from clipdoctor.data.datamodule import ClipDataModule, EpochSampler
 from clipdoctor.data.sources import Sample, SourceIndex
 from clipdoctor.errors import ClipdoctorError
 from clipdoctor.models.backbones import freeze
 from clipdoctor.models.classifier import ClipClassifier, build_classifier
-from clipdoctor.train.features import FeatureDataset, SeededShuffle, compute_features
+from clipdoctor.train.features import FeatureDataset, compute_features
 from clipdoctor.train.module import ClipModule
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,9 @@ def _trainer(config: RunConfig, out: Path, stage: str, epochs: int, *,
 
 
 def _loader(ds, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0,
-            sampler=None) -> DataLoader:
-    if shuffle and sampler is None:
-        sampler = SeededShuffle(ds, seed)
+            weights: torch.Tensor | None = None) -> DataLoader:
+    """Training loaders draw their order from (seed, epoch), balanced when `weights` is given."""
+    sampler = EpochSampler(ds, seed, weights) if shuffle else None
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, persistent_workers=num_workers > 0)
 
@@ -191,12 +191,8 @@ def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool
         train_ds = FeatureDataset(train_views, [s.label for s in train_samples],
                                   _lengths(dm, train_samples), train=True, seed=config.seed)
         val_ds = FeatureDataset(val_views, [s.label for s in val_samples], _lengths(dm, val_samples))
-        sampler = None
-        if t.class_weighting == "sampler":
-            w = dm.class_weights()[torch.tensor([s.label for s in train_samples])]
-            sampler = torch.utils.data.WeightedRandomSampler(
-                w.double(), len(w), generator=torch.Generator().manual_seed(config.seed))
-        train_dl = _loader(train_ds, bs, shuffle=True, seed=config.seed, sampler=sampler)
+        train_dl = _loader(train_ds, bs, shuffle=True, seed=config.seed,
+                           weights=dm.item_weights(s.label for s in train_samples))
         val_dl = _loader(val_ds, bs * 4, shuffle=False, seed=config.seed)
         module = ClipModule(model, len(classes), t, class_weights=weights, cached=True,
                             steps_per_epoch=len(train_dl))
@@ -214,9 +210,8 @@ def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool
             freeze(model.backbone, trainable_blocks=config.model.trainable_blocks)
         train_ds = dm.dataset("train")
         train_dl = _loader(train_ds, bs, shuffle=True, seed=config.seed,
-                           num_workers=config.data.num_workers)
-        if t.class_weighting == "sampler":
-            train_dl = dm.train_dataloader()
+                           num_workers=config.data.num_workers,
+                           weights=dm.item_weights(train_ds.labels()))
         val_dl = dm.val_dataloader()
         mult = t.finetune_lr_mult if config.model.freeze_backbone else 1.0
         module = ClipModule(model, len(classes), t, class_weights=weights, cached=False,

@@ -137,3 +137,46 @@ def test_augmentation_is_identical_across_frames_of_a_clip(tmp_path):
 def test_class_weights_balanced_formula():
     w = class_weights([0, 0, 0, 1], 3)
     assert torch.allclose(w, torch.tensor([4 / (2 * 3), 4 / (2 * 1), 0.0]))
+
+
+def test_epoch_sampler_repeats_per_epoch_tells_the_dataset_and_balances():
+    from clipdoctor.data.datamodule import EpochSampler
+
+    class Items(torch.utils.data.Dataset):
+        epoch = -1
+
+        def __len__(self):
+            return 100
+
+        def __getitem__(self, i):
+            return i
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    ds = Items()
+    s = EpochSampler(ds, seed=3)
+    s.set_epoch(2)
+    assert ds.epoch == 2  # the dataset's random frames follow the epoch (Lightning calls this)
+    first = list(s)
+    assert sorted(first) == list(range(100))  # a permutation
+    again = EpochSampler(ds, seed=3)
+    again.set_epoch(2)
+    assert list(again) == first  # same (seed, epoch) -> same order, e.g. after a resume
+    s.set_epoch(3)
+    assert list(s) != first
+    w = torch.tensor([10.0] * 10 + [1.0] * 90)  # items 0..9 weighted 10x: half the mass
+    drawn = list(EpochSampler(ds, seed=0, weights=w))
+    assert len(drawn) == 100 and 35 <= sum(i < 10 for i in drawn) <= 65
+
+
+def test_balanced_sampler_reaches_the_train_loader(tmp_path):
+    from clipdoctor.data.datamodule import EpochSampler
+
+    dm = ClipDataModule(_index(tmp_path), DataConfig(frame_size=32, size=28,
+                                                     cache_dir=tmp_path / "cache"),
+                        balanced_sampler=True)
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, EpochSampler) and sampler.p is not None
+    sampler.set_epoch(4)
+    assert sampler.dataset.epoch == 4
