@@ -15,7 +15,8 @@ from clipdoctor.errors import ClipdoctorError, DataError, DecodeError
 __version__ = "0.1.0"
 
 __all__ = ["ClipdoctorError", "DataError", "DecodeError", "Finding", "Report", "RunConfig",
-           "Sample", "SourceIndex", "diagnose", "evaluate", "load_dataset", "predict", "train",
+           "Sample", "SourceIndex", "diagnose", "evaluate", "load_dataset", "predict", "repair",
+           "train",
            "__version__"]
 
 _LAZY = {
@@ -23,6 +24,7 @@ _LAZY = {
     "evaluate": ("clipdoctor.train.evaluate", "evaluate"),
     "predict": ("clipdoctor.train.evaluate", "predict"),
     "diagnose": ("clipdoctor.diagnose.registry", "diagnose"),
+    "repair": ("clipdoctor.diagnose.repair", "repair"),
     "Report": ("clipdoctor.diagnose.findings", "Report"),
     "Finding": ("clipdoctor.diagnose.findings", "Finding"),
     "RunConfig": ("clipdoctor.config", "RunConfig"),

@@ -7,6 +7,7 @@ usage (one clear line on stderr).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -29,6 +30,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", type=int, default=1, help="official split number (UCF101, HMDB51)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of splits made when none are given")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="let manifest / split-list paths point outside DATA ('..', absolute "
+                        "paths, symbolic links out)")
     p.add_argument("--cache-dir", type=Path, help="frame cache folder (default ~/.cache/clipdoctor)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
 
@@ -43,6 +47,8 @@ def _flag_kwargs(info) -> dict:
         return {"action": argparse.BooleanOptionalAction}
     if typing.get_origin(ann) is typing.Literal:
         return {"choices": list(typing.get_args(ann))}
+    if typing.get_origin(ann) is list:
+        return {"nargs": "+", "type": typing.get_args(ann)[0]}
     if typing.get_origin(ann) is tuple:
         return {"nargs": 2, "type": typing.get_args(ann)[0], "metavar": ("LOW", "HIGH")}
     if ann is str and info.default is None:
@@ -76,7 +82,8 @@ def _load_data(path: str, config: RunConfig):
 
     d = config.data
     return load_source(path, d.format, fold=d.fold, seed=d.split_seed,
-                       val_fraction=d.val_fraction, test_fraction=d.test_fraction, strict=d.strict)
+                       val_fraction=d.val_fraction, test_fraction=d.test_fraction, strict=d.strict,
+                       allow_outside_root=d.allow_outside_root)
 
 
 def _print_metrics(console: Console, title: str, m: dict) -> None:
@@ -95,6 +102,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)
     run = train(data, config, args.out, resume=args.resume, progress=console.is_terminal,
                 on_event=lambda msg: console.print(f"[dim]{msg}[/]"))
+    if not run.metrics:  # a DDP process other than rank 0: rank 0 reports
+        return 0
     for split in ("val", "test"):
         if split in run.metrics:
             _print_metrics(console, split, run.metrics[split])
@@ -168,7 +177,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     base = load_config(args.run / "config.yaml") if args.run is not None else None
     config = _run_config(args, base)
     data = _load_data(args.data, config)
-    report = diagnose(data, config=config, budget_s=args.budget)
+    report = diagnose(data, config=config, budget_s=args.budget, run=args.run)
     console = Console(soft_wrap=True)
     print_report(report, console)
     if args.json:
@@ -181,6 +190,20 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         limit = SEVERITIES.index(args.fail_on)
         if any(SEVERITIES.index(f.severity) <= limit for f in report.findings):
             return 1
+    return 0
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from clipdoctor.diagnose.repair import repair
+    from clipdoctor.report.terminal import print_repair, print_report
+
+    config = _run_config(args)
+    data = _load_data(args.data, config)
+    console = Console(soft_wrap=True)
+    result = repair(data, config=config, out=args.out, seeds=args.seeds, epochs=args.trial_epochs,
+                    budget_s=args.budget, say=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+    print_report(result.report, console)
+    print_repair(result, console)
     return 0
 
 
@@ -200,7 +223,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from clipdoctor.report.terminal import print_info, progress_bar
 
     index = load_source(args.data, args.format, fold=args.fold, seed=args.split_seed,
-                        strict=args.strict)
+                        strict=args.strict, allow_outside_root=args.allow_outside_root)
     cache = None if args.no_cache else FrameCache(args.cache_dir)
     with progress_bar("probing clips") as progress:
         summary = summarize(index, cache, progress=progress)
@@ -259,6 +282,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     root = _generate(args.out / "data", args)
     console.print(f"wrote {root} (time-reversed motion pairs: only frame order tells them apart)")
     info = argparse.Namespace(data=str(root), format=None, fold=1, split_seed=0, strict=False,
+                              allow_outside_root=False,
                               cache_dir=args.cache_dir, no_cache=False, json=False)
     _cmd_info(info)
     if not args.broken:
@@ -270,7 +294,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                           progress=console.is_terminal,
                           say=lambda m: console.print(f"[dim]{m}[/]"))
         console.rule("clipdoctor demo: 3. test split")
-        for name, m in (("CNN-LSTM (grid + bilstm)", result.metrics),
+        for name, m in (("CNN-LSTM (grid + feature diff + bilstm)", result.metrics),
                         ("order-blind baseline (meanpool)", result.baseline_metrics)):
             if "test" in m:
                 _print_metrics(console, name, m["test"])
@@ -315,6 +339,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 when a finding at or above this severity holds (for CI)")
     _add_config_flags(p)
     p.set_defaults(func=_cmd_diagnose)
+
+    p = sub.add_parser("repair", help="diagnose, apply the remedies, re-train briefly: before/after")
+    p.add_argument("data", help="dataset folder, CSV manifest or .npz file")
+    p.add_argument("--out", type=Path, default=Path("runs/repair"),
+                   help="folder for the repaired config.yaml, repair.json and the trials")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
+    p.add_argument("--trial-epochs", type=int, default=None,
+                   help="epochs of each brief re-training (default: up to 30 on cached "
+                   "features, 8 end to end)")
+    p.add_argument("--budget", type=float, default=120.0, help="seconds for the diagnosis")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_repair)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on a split of DATA")
     p.add_argument("run", type=Path)
@@ -375,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.func in (_cmd_train, _cmd_demo, _cmd_evaluate, _cmd_predict, _cmd_export,
-                     _cmd_diagnose):
+                     _cmd_diagnose, _cmd_repair):
         _quiet_libraries()
     if args.func is _cmd_export and not (args.onnx or args.torchscript):
         parser.error("export needs --onnx FILE and/or --torchscript FILE")
@@ -383,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ClipdoctorError as e:
         print(f"clipdoctor: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a full disk under a report, a cache or a run folder: one line
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"clipdoctor: error: {where}the disk is full ({e.strerror}); free space there "
+              "or write elsewhere, then run again", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("clipdoctor: interrupted", file=sys.stderr)

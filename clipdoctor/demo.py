@@ -21,6 +21,10 @@ DEMO_OVERRIDES: dict[str, object] = {
     "model.freeze_backbone": False,  # random features are weak: train the CNN end to end
     "model.pool": "grid",  # keeps left vs right, which global pooling loses
     "model.head": "bilstm",
+    # [g_t, g_t - g_{t-1}] before the head: measured on this data (bench/motion_table.py, 4 seeds,
+    # 12 epochs) held-out balanced accuracy 0.74 vs 0.56 for grid alone, at the same cost; the
+    # RGB-difference stream scored 0.78 but runs the backbone twice (README, "Motion")
+    "model.feature_diff": True,
     "model.proj_dim": 128,
     "model.hidden": 128,
     "data.frames": 8,
@@ -56,10 +60,11 @@ def run_demo(data_root: Path, out: Path, *, seed: int = 0, cache_dir: Path | Non
 
     index = load_source(data_root)
     config = demo_config(cache_dir, seed=seed)
-    say("training the CNN-LSTM (grid pooling + bidirectional LSTM)")
+    say("training the CNN-LSTM (grid pooling + feature differences + bidirectional LSTM)")
     run = train(index, config, out / "run", progress=progress, on_event=say)
     say("training the order-blind baseline (same CNN, mean over time)")
-    base_cfg = with_overrides(config, {"model.head": "meanpool"})
+    # feature differences off: their mean over time (last minus first) would see frame order
+    base_cfg = with_overrides(config, {"model.head": "meanpool", "model.feature_diff": False})
     base = train(index, base_cfg, out / "baseline", progress=progress, on_event=say)
     return DemoResult(Path(data_root), run.path, base.path, run.metrics, base.metrics)
 

@@ -4,7 +4,9 @@ An entry is keyed by a hash of the file (absolute path, size, modification time)
 parameters that produced it (frame size, frames kept), so it is reused across epochs and runs
 and silently replaced when the file changes. Entries are written to a temporary file in the
 same folder and renamed into place, so two processes filling one cache never see half an
-entry (the rename is atomic; the loser of a race overwrites an identical file).
+entry (the rename is atomic). While an entry is computed its process holds an exclusive lock
+on `<entry>.lock` (`EntryLock`): a second run, or another DDP rank, that needs the same entry
+waits for it and reads it instead of computing it again.
 
 What is stored: `min(frames in the clip, max_frames)` frames spread uniformly over the whole
 clip, each resized (short side) and centre-cropped to `frame_size` x `frame_size`. The clip
@@ -14,6 +16,7 @@ counts, sizes, timestamps) are cached the same way as small JSON files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,7 +25,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -34,6 +37,11 @@ from clipdoctor.errors import DecodeError
 log = logging.getLogger(__name__)
 
 _VERSION = 1  # bump when the stored layout changes: old entries are then simply not found
+
+try:  # POSIX advisory locks; elsewhere entries stay whole (atomic renames) but may be computed twice
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 def default_cache_dir() -> Path:
@@ -66,11 +74,16 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getbuffer())
 
 
+_UMASK = os.umask(0o022)  # read once, at import (setting it is the only portable way to read it)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write a file under a temporary name in the same folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shared caches and runs
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -81,6 +94,75 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+class EntryLock:
+    """Exclusive lock on one cache entry while it is computed: `fcntl.flock` on `<entry>.lock`.
+
+    Why: two runs (or two DDP ranks) sharing a cache folder would otherwise both compute an
+    entry neither finds yet. The lock file is removed by its holder before release; a process
+    that locked a file meanwhile unlinked sees a different inode at the path and tries again,
+    so at most one process holds the lock of an entry at a time. The kernel drops the lock of
+    a process that dies, so a crash never leaves an entry locked. Where locks are unavailable
+    (no fcntl, or a filesystem without flock support) the lock degrades to a no-op: entries
+    stay whole, only the work may be done twice.
+    """
+
+    _warned = False
+
+    def __init__(self, entry: Path) -> None:
+        self.path = entry.with_name(entry.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock; with `blocking=False` return False at once when another holds it."""
+        if fcntl is None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError as e:  # e.g. ENOLCK: a network filesystem without lock support
+                os.close(fd)
+                if not EntryLock._warned:
+                    log.warning("cache locks unavailable under %s (%s): concurrent runs may "
+                                "compute an entry twice", self.path.parent, e.strerror or e)
+                    EntryLock._warned = True
+                return True
+            try:
+                held = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                held = False
+            if held:
+                self._fd = fd
+                return True
+            os.close(fd)  # the holder we waited for removed this file: lock the new one
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still held: see the class docstring
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
+
+    def __enter__(self) -> EntryLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def computing(entry: Path) -> Iterator[bool]:
+    """Lock `entry` for computing it; yields False when it exists (done while this waited)."""
+    with EntryLock(entry):
+        yield not entry.exists()
 
 
 def probe_sample(sample: Sample) -> VideoInfo:
@@ -111,6 +193,17 @@ def kept_indices(num_frames: int, max_frames: int) -> np.ndarray:
     return np.round(np.linspace(0, num_frames - 1, max_frames)).astype(np.int64)
 
 
+def _read_probe(path: Path) -> VideoInfo | None:
+    """A cached probe result, or None when absent or unreadable (then it is probed again)."""
+    if not path.exists():
+        return None
+    try:
+        return VideoInfo.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, OSError):
+        log.warning("ignoring unreadable cache entry %s", path)
+        return None
+
+
 class FrameCache:
     """Memory-mapped decoded frames and cached probe results under one folder."""
 
@@ -127,23 +220,25 @@ class FrameCache:
         """Probe once per file version; a failure raises DecodeError and is not cached."""
         key = sample_key(sample, kind="probe")
         path = self._path("probe", key, ".json")
-        if path.exists():
-            try:
-                return VideoInfo.from_dict(json.loads(path.read_text(encoding="utf-8")))
-            except (ValueError, KeyError):
-                log.warning("ignoring unreadable cache entry %s", path)
-        info = probe_sample(sample)
-        atomic_write_text(path, json.dumps(info.to_dict()))
+        info = _read_probe(path)
+        if info is None:
+            with EntryLock(path):  # another process may be probing this clip now
+                info = _read_probe(path)
+                if info is None:
+                    info = probe_sample(sample)
+                    atomic_write_text(path, json.dumps(info.to_dict()))
         return info
 
     def frames(self, sample: Sample) -> np.ndarray:
         """(N, S, S, 3) uint8 memory-mapped frames of the clip, decoded on the first call."""
         path = self._entry(sample)
         if not path.exists():
-            info = self.probe(sample)
-            frames = read_sample(sample, kept_indices(info.frames, self.max_frames),
-                                 self.frame_size, info)
-            atomic_save_npy(path, frames)
+            with computing(path) as needed:  # another process may be decoding this clip now
+                if needed:
+                    info = self.probe(sample)
+                    frames = read_sample(sample, kept_indices(info.frames, self.max_frames),
+                                         self.frame_size, info)
+                    atomic_save_npy(path, frames)
         return np.load(path, mmap_mode="r")
 
     def has(self, sample: Sample) -> bool:
@@ -205,3 +300,7 @@ class FeatureCache:
 
     def put(self, key: str, array: np.ndarray) -> None:
         atomic_save_npy(self.path(key), np.ascontiguousarray(array))
+
+    def lock(self, key: str) -> EntryLock:
+        """The entry's lock: hold it while computing the entry (see `EntryLock`)."""
+        return EntryLock(self.path(key))

@@ -11,13 +11,13 @@ so a run repeats exactly whatever the number of loader workers.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from clipdoctor.config import DataConfig
 from clipdoctor.data.cache import FrameCache, probe_sample, read_sample
@@ -25,6 +25,9 @@ from clipdoctor.data.sampling import sample_indices
 from clipdoctor.data.sources import SourceIndex, Sample, Skipped
 from clipdoctor.data.transforms import AugmentSpec, eval_transform, train_transform
 from clipdoctor.errors import DataError, DecodeError
+
+if TYPE_CHECKING:
+    from clipdoctor.train.distributed import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +90,31 @@ class ClipDataset(Dataset):
         return x, sample.label
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(DistributedSampler):
     """Training order drawn from (seed, epoch): the same on every run and after a resume.
 
     Without `weights` a permutation; with per-item `weights` a class-balanced draw with
     replacement. Lightning calls `set_epoch` before each epoch; the dataset is told too, so
-    its random frame / crop / view choices follow the epoch."""
+    its random frame / crop / view choices follow the epoch.
+
+    Under DDP (`num_replicas` ranks, default: the initialised torch.distributed group) every
+    rank draws the same epoch order and takes every `num_replicas`-th item from position
+    `rank`, the order padded by its own head to a multiple of the ranks (as torch's
+    DistributedSampler): disjoint shards, and step k of all ranks together covers the items
+    of step k of one process with `num_replicas` x the batch. Being a DistributedSampler,
+    Lightning keeps it instead of wrapping it (its wrapper did not forward `set_epoch` to
+    the wrapped sampler before Lightning 2.6).
+    """
 
     def __init__(self, dataset: Dataset, seed: int = 0,
-                 weights: torch.Tensor | np.ndarray | None = None) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+                 weights: torch.Tensor | np.ndarray | None = None, *,
+                 num_replicas: int | None = None, rank: int | None = None) -> None:
+        if num_replicas is None or rank is None:
+            dist = torch.distributed
+            ready = dist.is_available() and dist.is_initialized()
+            num_replicas = num_replicas or (dist.get_world_size() if ready else 1)
+            rank = rank if rank is not None else (dist.get_rank() if ready else 0)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.p = None
         if weights is not None:
             w = np.asarray(weights, dtype=np.float64)
@@ -111,10 +129,11 @@ class EpochSampler(Sampler[int]):
         rng = np.random.default_rng([self.seed, self.epoch])
         n = len(self.dataset)
         order = rng.permutation(n) if self.p is None else rng.choice(n, n, p=self.p)
-        return iter(order.tolist())
+        order = np.resize(order, self.total_size)  # pads by repeating the head: equal shards
+        return iter(order[self.rank::self.num_replicas].tolist())
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.num_samples
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -146,20 +165,29 @@ class ClipDataModule(L.LightningDataModule):
         self.progress = progress
         self.cache = (FrameCache(config.cache_dir, frame_size=config.frame_size,
                                  max_frames=config.cache_frames) if config.cache else None)
-        self.samples: list[Sample] = list(index.samples)
-        self.skipped: list[Skipped] = list(index.skipped)
+        excluded = set(config.exclude)
+        self.samples: list[Sample] = [s for s in index.samples if s.name not in excluded]
+        self.skipped: list[Skipped] = list(index.skipped) + [
+            Skipped(s.name, "excluded by data.exclude") for s in index.samples if s.name in excluded]
         self._prepared = False
 
     @property
     def classes(self) -> list[str]:
         return self.index.classes
 
-    def prepare(self) -> None:
-        """Decode everything once (cache) or probe everything (no cache); drop what fails."""
+    def prepare(self, *, ranks: Ranks | None = None) -> None:
+        """Decode everything once (cache) or probe everything (no cache); drop what fails.
+
+        With `ranks` of a DDP run (every rank must call it then) each rank decodes its shard
+        into the shared cache, the ranks exchange their failures (which also waits for all),
+        then every rank reads all entries; a cache that is not shared between the nodes only
+        costs the decoding again there, never a wrong entry."""
         if self._prepared:
             return
         failed: list[tuple[Sample, DecodeError]] = []
-        if self.cache is not None:
+        if self.cache is not None and ranks is not None and ranks.world_size > 1:
+            failed = self._fill_sharded(ranks)
+        elif self.cache is not None:
             failed = self.cache.fill(self.samples, progress=self.progress)
         else:
             for s in self.samples:
@@ -175,6 +203,18 @@ class ClipDataModule(L.LightningDataModule):
         self.samples = [s for s in self.samples if id(s) not in bad]
         self.skipped += [Skipped(s.name, e.reason) for s, e in failed]
         self._prepared = True
+
+    def _fill_sharded(self, ranks: Ranks) -> list[tuple[Sample, DecodeError]]:
+        assert self.cache is not None
+        mine = ranks.shard(list(range(len(self.samples))))
+        position = {id(self.samples[i]): i for i in mine}
+        errors = self.cache.fill([self.samples[i] for i in mine], progress=self.progress)
+        local = [(position[id(s)], e.path, e.reason) for s, e in errors]
+        bad = {i: DecodeError(path, reason)
+               for part in ranks.all_gather(local) for i, path, reason in part}
+        rest = [s for i, s in enumerate(self.samples) if i not in bad]
+        failed = [(self.samples[i], e) for i, e in sorted(bad.items())]
+        return failed + self.cache.fill(rest)  # cache hits, unless the cache is not shared
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()

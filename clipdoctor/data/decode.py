@@ -9,13 +9,19 @@ the presentation timestamp of every frame, which makes index -> timestamp exact 
 variable frame rate; `read_frames` then seeks to the keyframe before the first wanted frame,
 decodes forward, converts only the wanted frames, seeks again across long gaps and stops
 after the last wanted frame.
+
+Every file gets a wall-clock deadline (`timeout`, default `DECODE_TIMEOUT_S`), checked between
+packets, frames and images: a damaged file that sends FFmpeg crawling through garbage becomes
+a DecodeError instead of a stalled run.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import math
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +38,22 @@ log = logging.getLogger(__name__)
 # Seek instead of decoding forward when the next wanted frame is this many frames ahead:
 # decoding ~a GOP of frames costs about as much as one seek plus decoding to the frame.
 _SEEK_GAP = 48
+# Per-file decoding deadline. Clips of a few hundred frames probe and decode in well under a
+# second each; a minute leaves room for long or high-resolution files on a busy machine.
+DECODE_TIMEOUT_S = 60.0
+
+
+class _Deadline:
+    """Raises DecodeError once `seconds` of wall time have passed (None or <= 0: never)."""
+
+    def __init__(self, path: Path, seconds: float | None) -> None:
+        self.path, self.seconds = path, seconds
+        self.end = time.monotonic() + seconds if seconds and seconds > 0 else math.inf
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise DecodeError(self.path, f"decoding took longer than {self.seconds:g} s (damaged "
+                                         "or far too long a file); skipped")
 
 
 @dataclass(frozen=True)
@@ -67,9 +89,11 @@ def list_frame_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Count the frames of a video file or frame folder and read its size; DecodeError if unusable."""
+def probe(path: str | Path, timeout: float | None = DECODE_TIMEOUT_S) -> VideoInfo:
+    """Count the frames of a video file or frame folder and read its size; DecodeError if unusable
+    or slower than `timeout` seconds."""
     path = Path(path)
+    deadline = _Deadline(path, timeout)
     if path.is_dir():
         return _probe_folder(path)
     if not path.exists():
@@ -79,7 +103,12 @@ def probe(path: str | Path) -> VideoInfo:
     try:
         with av.open(str(path)) as container:
             stream = _video_stream(container, path)
-            pts = sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
+            pts = []
+            for packet in container.demux(stream):
+                deadline.check()
+                if packet.size and packet.pts is not None:
+                    pts.append(packet.pts)
+            pts.sort()
             if not pts:
                 raise DecodeError(path, "video stream holds no frames")
             container.seek(pts[0], stream=stream, backward=True, any_frame=False)
@@ -102,23 +131,26 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def read_frames(path: str | Path, indices: Sequence[int], size: int | None = None,
-                info: VideoInfo | None = None) -> np.ndarray:
+                info: VideoInfo | None = None,
+                timeout: float | None = DECODE_TIMEOUT_S) -> np.ndarray:
     """Frames at `indices` (any order, repeats allowed) as (len(indices), H, W, 3) uint8 RGB.
 
     `size` resizes the short side to `size` and centre-crops to size x size (frames of mixed
     sizes are then fine); without it, frames of another size than the first are resized to it.
-    `info` (from `probe`) saves a second pass over a video file's packets.
+    `info` (from `probe`) saves a second pass over a video file's packets. Slower than
+    `timeout` seconds (the probe included): DecodeError.
     """
     path = Path(path)
     if len(indices) == 0:
         raise ValueError("read_frames needs at least one index")
+    deadline = _Deadline(path, timeout)
     if path.is_dir():
-        return _read_folder(path, indices, size)
-    info = info or probe(path)
+        return _read_folder(path, indices, size, deadline)
+    info = info or probe(path, timeout)
     if min(indices) < 0 or max(indices) >= info.frames:
         raise DecodeError(path, f"frame index out of range 0..{info.frames - 1}: {max(indices)}")
     try:
-        by_index = _decode_video(path, sorted(set(indices)), info, size)
+        by_index = _decode_video(path, sorted(set(indices)), info, size, deadline)
     except DecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as e:
@@ -160,8 +192,8 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     return container.streams.video[0]
 
 
-def _decode_video(path: Path, wanted: list[int], info: VideoInfo,
-                  size: int | None) -> dict[int, np.ndarray]:
+def _decode_video(path: Path, wanted: list[int], info: VideoInfo, size: int | None,
+                  deadline: _Deadline) -> dict[int, np.ndarray]:
     """Decode the frames whose indices are in `wanted` (sorted, unique), seeking across gaps."""
     out: dict[int, np.ndarray] = {}
     pts_table = info.pts
@@ -171,6 +203,7 @@ def _decode_video(path: Path, wanted: list[int], info: VideoInfo,
         while w < len(wanted):
             container.seek(pts_table[wanted[w]], stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
+                deadline.check()
                 if frame.pts is None:
                     continue
                 index = bisect.bisect_left(pts_table, frame.pts)
@@ -206,13 +239,17 @@ def _probe_folder(folder: Path) -> VideoInfo:
     return VideoInfo(len(files), first.shape[1], first.shape[0])
 
 
-def _read_folder(folder: Path, indices: Sequence[int], size: int | None) -> np.ndarray:
+def _read_folder(folder: Path, indices: Sequence[int], size: int | None,
+                 deadline: _Deadline) -> np.ndarray:
     files = list_frame_files(folder)
     if not files:
         raise DecodeError(folder, "frame folder holds no images")
     if min(indices) < 0 or max(indices) >= len(files):
         raise DecodeError(folder, f"frame index out of range 0..{len(files) - 1}: {max(indices)}")
-    loaded = {i: _open_image(files[i]) for i in sorted(set(indices))}
+    loaded = {}
+    for i in sorted(set(indices)):
+        deadline.check()
+        loaded[i] = _open_image(files[i])
     frames = [loaded[i] for i in indices]
     if size is not None:
         frames = [resize_square(f, size) for f in frames]

@@ -12,6 +12,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -52,8 +53,12 @@ def check(*codes: str, order: int = 50) -> Callable:
 
 
 def _load_checks() -> None:
-    """Import the check modules (they register on import)."""
-    from clipdoctor.diagnose.checks import data, model, temporal, training  # noqa: F401
+    """Import the check and probe modules (they register on import)."""
+    from clipdoctor.diagnose.checks import (data, inputs, learning, model,  # noqa: F401
+                                            temporal, training)
+    from clipdoctor.diagnose.probes import (clip_scan, features, grad_stats,  # noqa: F401
+                                            lr_range, overfit_batch, run, short_run,
+                                            temporal_eval)
     from clipdoctor.diagnose.probes import data as _d, model as _m, training as _t  # noqa: F401
 
 
@@ -89,8 +94,10 @@ def _default_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def build_context(data: Any = None, *, config: RunConfig | None = None,
                   model: nn.Module | None = None, loss_fn: Callable | None = None,
-                  optimizer: Callable | None = None, budget_s: float = 120.0) -> Context:
-    """The probes' context for the built-in model (from `config`) or the user's own module."""
+                  optimizer: Callable | None = None, budget_s: float = 120.0,
+                  run: str | Path | None = None) -> Context:
+    """The probes' context for the built-in model (from `config`) or the user's own module;
+    `run` is a run folder whose recorded training (e.g. a non-finite loss) checks may read."""
     config = config or RunConfig()
     if model is not None:
         initial = copy.deepcopy(model).cpu()
@@ -114,16 +121,19 @@ def build_context(data: Any = None, *, config: RunConfig | None = None,
 
     return Context(config=config, make_model=make_model, loss_fn=loss_fn or _default_loss,
                    make_optimizer=make_optimizer, data=data, user_model=model is not None,
-                   budget=Budget(budget_s), seed=config.seed)
+                   budget=Budget(budget_s), seed=config.seed,
+                   run=Path(run) if run is not None else None)
 
 
 def diagnose(data: Any = None, *, config: RunConfig | None = None, model: nn.Module | None = None,
              loss_fn: Callable | None = None, optimizer: Callable | None = None,
-             budget_s: float = 120.0, checks: list[str] | None = None) -> Report:
-    """Run every check on `data` with the built-in model (`config`) or the user's `model`."""
+             budget_s: float = 120.0, checks: list[str] | None = None,
+             run: str | Path | None = None) -> Report:
+    """Run every check on `data` with the built-in model (`config`) or the user's `model`;
+    with `run`, also what that run folder recorded (RUN/failure.json)."""
     started = time.perf_counter()
     ctx = build_context(data, config=config, model=model, loss_fn=loss_fn, optimizer=optimizer,
-                        budget_s=budget_s)
+                        budget_s=budget_s, run=run)
     probes = Probes(ctx)
     findings, skipped, failures = run_checks(probes, checks)
     public = {name: ({k: v for k, v in value.items() if not str(k).startswith("_")}

@@ -222,3 +222,52 @@ def print_report(report: "Report", console: Console | None = None) -> None:
             console.print(Text(f"  {s.get('name', '?')}: {s.get('error', '')}", style="red"))
     worst = report.worst() if report.worst() in ("error", "warning") else None
     console.print(Text(verdict(report), style=_VERDICT_STYLE[worst]))
+
+
+def _acc_loss(summary: dict) -> str:
+    loss = summary["val_loss"]
+    loss = f"{loss:.3f}" if isinstance(loss, (int, float)) else str(loss)
+    failed = f", {summary['failed']} diverged" if summary.get("failed") else ""
+    return f"{summary['balanced_acc']:.3f} ± {summary['balanced_acc_std']:.3f}  loss {loss}{failed}"
+
+
+def _changes(changes: dict) -> str:
+    return ", ".join(f"--{k.split('.')[-1].replace('_', '-')} "
+                     + (f"[{len(v)} clips]" if k == "data.exclude" else
+                        " ".join(map(str, v)) if isinstance(v, list) else str(v))
+                     for k, v in changes.items())
+
+
+def print_repair(result: Any, console: Console | None = None) -> None:
+    """The remedies `repair` tried, each next to the trial that left it out, then before and
+    after: validation balanced accuracy (mean ± sd over seeds) and loss."""
+    console = console or Console()
+    d = result.to_dict()
+    seeds = len(result.before.runs)
+    table = Table(title=f"repair: validation balanced accuracy (mean ± sd, {seeds} seeds) / loss",
+                  title_justify="left")
+    table.add_column("configuration", ratio=2)
+    table.add_column("changes", ratio=2)
+    table.add_column("balanced acc / loss", no_wrap=True)
+    table.add_column("kept", no_wrap=True)
+    table.add_row("before (as given)", "", Text(_acc_loss(d["before"])), "")
+    if d["all"] and len(d["remedies"]) > 1:
+        table.add_row("every remedy", "", Text(_acc_loss(d["all"])), "")
+    for r in d["remedies"]:
+        name = Text(r["name"])
+        name.append("\n" + ", ".join(r["codes"]), style="dim")
+        without = Text("without: " + _acc_loss(r["without"]), style="dim") if r["without"] else ""
+        table.add_row(name, Text(_changes(r["changes"])), without,
+                      Text("yes", style="green") if r["kept"] else Text("no", style="dim"))
+    table.add_row(Text("after (kept remedies)", style="bold"), "",
+                  Text(_acc_loss(d["after"]), style="bold"), "")
+    console.print(table)
+    for a in d["advice"]:
+        console.print(Text(f"advice ({a['code']}): {a['remedy']}", style="dim"))
+    change = d["change"]
+    loss = "n/a" if change["val_loss"] is None else f"{change['val_loss']:+.3f}"
+    style = "bold green" if d["improved"] else "bold yellow"
+    console.print(Text(f"balanced accuracy {change['balanced_acc']:+.3f}, validation loss {loss}"
+                       f" (chance {d['chance']:.3f}); repaired config: {d['config']}", style=style))
+    if d["improved"]:
+        console.print(Text(f"next: clipdoctor train DATA --config {d['config']}", style="dim"))

@@ -92,7 +92,9 @@ def load_run(run: str | Path, checkpoint: str = "best.ckpt") -> LoadedRun:
     # the checkpoint has the trained weights: do not fetch or read pretrained ones again
     model = build_classifier(config.model.model_copy(update={"pretrained": False, "weights": None}),
                              len(classes))
-    state = torch.load(run / "checkpoints" / checkpoint, map_location="cpu", weights_only=True)
+    from clipdoctor.train.checkpoint_io import load_checkpoint_file
+
+    state = load_checkpoint_file(run / "checkpoints" / checkpoint)
     weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()
                if k.startswith("model.")}
     model.load_state_dict(weights)

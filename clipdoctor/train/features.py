@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipdoctor.data.cache import FeatureCache, sample_key
+from clipdoctor.data.cache import EntryLock, FeatureCache, sample_key
 from clipdoctor.data.datamodule import ClipDataModule
 from clipdoctor.data.sources import Sample
+from clipdoctor.train.distributed import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +62,30 @@ class FeatureDataset(Dataset):
         return x, self.labels[i]
 
 
+Pending = dict[int, list[int]]  # view -> indices of the samples whose features are missing
+
+
 @torch.no_grad()
 def compute_features(model: torch.nn.Module, dm: ClipDataModule, samples: list[Sample], *,
                      views: int = 1, num_clips: int = 1, cache: FeatureCache | None = None,
-                     batch_size: int = 16, progress: Callable[[int, int], None] | None = None
-                     ) -> list[list[np.ndarray]]:
+                     batch_size: int = 16, progress: Callable[[int, int], None] | None = None,
+                     ranks: Ranks | None = None) -> list[list[np.ndarray]]:
     """Per sample, the list of its cached views' features (memory-mapped when cached).
 
-    Evaluation with `num_clips` K > 1 stores K clips of view 0 stacked as (K, T, ...)."""
+    Evaluation with `num_clips` K > 1 stores K clips of view 0 stacked as (K, T, ...).
+
+    Each missing entry is computed once: under its cache lock (another run that is computing
+    it makes this one wait and read it), and with the `ranks` of a DDP run (every rank must
+    call it then) each rank computes its shard of the missing entries, waits for the others,
+    then reads theirs from the shared cache."""
     model.eval()
     ident = {"weights": state_hash(model.backbone), "pool": model.cached_pool_id(),
              "data": dm.config.model_dump(mode="json", exclude={"cache_dir", "batch_size",
                                                                "num_workers", "strict"}),
              "seed": dm.seed, "mean": dm.mean, "std": dm.std, "clips": num_clips}
     out: list[list[np.ndarray | None]] = [[None] * views for _ in samples]
-    todo: dict[int, list[int]] = {}
     keys: dict[tuple[int, int], str] = {}
+    missing: list[tuple[int, int]] = []
     for i, s in enumerate(samples):
         for v in range(views):
             keys[i, v] = sample_key(s, kind="features", view=v, **ident)
@@ -84,29 +93,119 @@ def compute_features(model: torch.nn.Module, dm: ClipDataModule, samples: list[S
             if hit is not None:
                 out[i][v] = hit
             else:
-                todo.setdefault(v, []).append(i)
-    total, done = sum(len(ix) for ix in todo.values()), 0
-    for v, idx in todo.items():
-        k = num_clips if v == 0 else 1
-        # view 0: evaluation frames and crop; view v > 0: one fixed augmented draw per clip
-        ds = dm.dataset("train", train=v > 0, samples=[samples[i] for i in idx], num_clips=k,
-                        seed=dm.seed * 1000 + v)
-        loader = DataLoader(ds, batch_size=batch_size * k, shuffle=False,
-                            num_workers=dm.config.num_workers)
-        pos = 0
-        for batch in loader:
-            x = batch[0]
-            feats = model.frozen_features(x).float().cpu().numpy()  # (B*k, T, ...)
-            for j in range(0, len(feats), k):
-                i = idx[pos]
-                arr = feats[j:j + k] if k > 1 else feats[j]  # (K, T, ...) or (T, ...)
-                arr = arr.astype(np.float16 if cache is not None else np.float32)
-                if cache is not None:
-                    cache.put(keys[i, v], arr)
-                    arr = cache.get(keys[i, v])
-                out[i][v] = arr
-                pos += 1
-                done += 1
-            if progress:
-                progress(done, total)
+                missing.append((i, v))
+    total, done = len(missing), 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress and (done % batch_size == 0 or done == total):
+            progress(done, total)
+
+    job = _Job(model, dm, samples, keys, out, cache, num_clips, batch_size, tick)
+    if cache is not None and ranks is not None and ranks.world_size > 1:
+        job.run(_pending(ranks.shard(missing)))
+        ranks.barrier()  # every rank's shard is in the cache now
+        missing = [(i, v) for i, v in missing if out[i][v] is None]
+        rest = []
+        for i, v in missing:
+            out[i][v] = cache.get(keys[i, v])
+            if out[i][v] is None:  # a cache folder that is not shared with that rank
+                rest.append((i, v))
+            else:
+                tick()
+        missing = rest
+    job.run(_pending(missing))
     return out  # type: ignore[return-value]
+
+
+def _pending(pairs: list[tuple[int, int]]) -> Pending:
+    pending: Pending = {}
+    for i, v in pairs:
+        pending.setdefault(v, []).append(i)
+    return pending
+
+
+class _Job:
+    """Computes missing feature entries in batches, each entry under its cache lock."""
+
+    def __init__(self, model: torch.nn.Module, dm: ClipDataModule, samples: list[Sample],
+                 keys: dict[tuple[int, int], str], out: list[list[np.ndarray | None]],
+                 cache: FeatureCache | None, num_clips: int, batch_size: int,
+                 tick: Callable[[], None]) -> None:
+        self.model, self.dm, self.samples, self.keys, self.out = model, dm, samples, keys, out
+        self.cache, self.num_clips, self.batch_size, self.tick = cache, num_clips, batch_size, tick
+
+    def run(self, pending: Pending) -> None:
+        """Compute every pending entry; those another process is computing are waited for
+        one at a time, holding no other lock (so two runs can never wait on each other),
+        and read; if that process failed to write one, it is computed here."""
+        while pending:
+            busy = self._batches(pending)
+            pending = {}
+            for v, idx in busy.items():
+                for i in idx:
+                    assert self.cache is not None
+                    with self.cache.lock(self.keys[i, v]):
+                        hit = self.cache.get(self.keys[i, v])
+                    if hit is None:
+                        pending.setdefault(v, []).append(i)
+                    else:
+                        self.out[i][v] = hit
+                        self.tick()
+
+    def _batches(self, pending: Pending) -> Pending:
+        """One pass over `pending`; returns the entries locked by another process."""
+        busy: Pending = {}
+        for v, idx in pending.items():
+            k = self.num_clips if v == 0 else 1
+            # view 0: evaluation frames and crop; view v > 0: one fixed augmented draw per clip
+            ds = self.dm.dataset("train", train=v > 0, samples=[self.samples[i] for i in idx],
+                                 num_clips=k, seed=self.dm.seed * 1000 + v)
+            loader = DataLoader(ds, batch_size=self.batch_size * k, shuffle=False,
+                                num_workers=self.dm.config.num_workers)
+            for start, batch in zip(range(0, len(idx), self.batch_size), loader):
+                chunk = idx[start:start + self.batch_size]
+                held, keep = self._claim(chunk, v, busy)
+                try:
+                    if keep:
+                        rows = [j * k + c for j in keep for c in range(k)]
+                        x = batch[0][rows]  # (len(keep) * k, T, C, H, W)
+                        self._store(self.model.frozen_features(x).float().cpu().numpy(),
+                                    [chunk[j] for j in keep], v, k)
+                finally:
+                    for lock in held:
+                        lock.release()
+        return busy
+
+    def _claim(self, chunk: list[int], v: int, busy: Pending) -> tuple[list[EntryLock], list[int]]:
+        """Lock the chunk's entries that nobody computes yet (never waiting): positions to
+        compute and their locks; entries meanwhile written are read, locked ones go to `busy`."""
+        if self.cache is None:
+            return [], list(range(len(chunk)))
+        held, keep = [], []
+        for j, i in enumerate(chunk):
+            lock = self.cache.lock(self.keys[i, v])
+            if not lock.acquire(blocking=False):
+                busy.setdefault(v, []).append(i)
+                continue
+            hit = self.cache.get(self.keys[i, v])
+            if hit is not None:  # written by another process since this one looked
+                lock.release()
+                self.out[i][v] = hit
+                self.tick()
+                continue
+            held.append(lock)
+            keep.append(j)
+        return held, keep
+
+    def _store(self, feats: np.ndarray, idx: list[int], v: int, k: int) -> None:
+        """feats (len(idx) * k, T, ...) -> one entry per sample: (K, T, ...) or (T, ...)."""
+        for n, i in enumerate(idx):
+            arr = feats[n * k:(n + 1) * k] if k > 1 else feats[n]
+            arr = arr.astype(np.float16 if self.cache is not None else np.float32)
+            if self.cache is not None:
+                self.cache.put(self.keys[i, v], arr)
+                arr = self.cache.get(self.keys[i, v])
+            self.out[i][v] = arr
+            self.tick()

@@ -85,25 +85,29 @@ class ClipModule(L.LightningModule):
         logits = self(x, lengths)
         loss = self.loss(logits, y)
         self.train_metrics.update(logits.detach(), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        # sync_dist: under DDP the epoch values are averaged over the ranks (no-op otherwise)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y),
+                 sync_dist=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True,
+                 sync_dist=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute())
+        self.log_dict(self.train_metrics.compute(), sync_dist=True)  # compute() syncs the states
         self.train_metrics.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y, lengths = unpack(batch)
         logits = self(x, lengths)
         self.val_metrics.update(logits, y)
+        # synced: checkpointing and early stopping must see one val_loss on every rank
         self.log("val_loss", self.loss(logits, y), on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(y))
+                 batch_size=len(y), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
-        self.log("val_balanced_acc", values.pop("val_balanced_acc"), prog_bar=True)
-        self.log_dict(values)
+        self.log("val_balanced_acc", values.pop("val_balanced_acc"), prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
         self.val_metrics.reset()
 
     def configure_optimizers(self):
@@ -112,7 +116,7 @@ class ClipModule(L.LightningModule):
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            in_backbone = name.startswith("backbone.")
+            in_backbone = name.startswith(("backbone.", "diff_backbone."))
             decay = p.ndim > 1
             groups.setdefault((in_backbone, decay), []).append(p)
         lr, wd = self.config.lr, self.config.weight_decay

@@ -16,10 +16,12 @@ RUN/
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,7 +42,11 @@ from clipdoctor.data.sources import Sample, SourceIndex
 from clipdoctor.errors import ClipdoctorError
 from clipdoctor.models.backbones import freeze
 from clipdoctor.models.classifier import ClipClassifier, build_classifier
+from clipdoctor.train import distributed
+from clipdoctor.train.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from clipdoctor.train.features import FeatureDataset, compute_features
+from clipdoctor.train.guards import (FAILURE_FILE, NonFiniteLoss, NonFiniteLossGuard,
+                                     check_free_space, resource_faults)
 from clipdoctor.train.module import ClipModule
 
 log = logging.getLogger(__name__)
@@ -74,10 +80,13 @@ def check_writable(out: Path) -> None:
     """Fail before any work when the run folder cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{socket.gethostname()}-{os.getpid()}"  # DDP ranks check at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ClipdoctorError(f"{out}: the disk is full ({e.strerror}); free space there or "
+                                  "pass --out on another disk") from None
         raise ClipdoctorError(f"{out}: cannot write the run folder ({e.strerror or e}); "
                               "pass --out with a writable folder") from None
 
@@ -86,9 +95,14 @@ def _trainer(config: RunConfig, out: Path, stage: str, epochs: int, *,
              progress: bool) -> tuple[L.Trainer, ModelCheckpoint]:
     t = config.train
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints" / stage, filename="best", monitor="val_loss",
-                           mode="min", save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks: list[Callback] = [ckpt, EarlyStopping("val_loss", patience=t.patience, mode="min"),
-                                 _RngState()]
+                           mode="min", save_top_k=1, enable_version_counter=False)
+    # last.ckpt from its own callback: Lightning (2.6) refreshes `save_last`'s file only in
+    # epochs that improve val_loss, and a resume must start from the latest epoch
+    latest = ModelCheckpoint(dirpath=out / "checkpoints" / stage, filename="last", monitor=None,
+                             save_top_k=1, enable_version_counter=False)
+    callbacks: list[Callback] = [ckpt, latest,
+                                 EarlyStopping("val_loss", patience=t.patience, mode="min"),
+                                 _RngState(), NonFiniteLossGuard(stage, out / "checkpoints" / stage)]
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -99,8 +113,10 @@ def _trainer(config: RunConfig, out: Path, stage: str, epochs: int, *,
     if precision == "auto":
         precision = "16-mixed" if torch.cuda.is_available() else "32-true"
     trainer = L.Trainer(max_epochs=epochs, accelerator=t.accelerator, devices=t.devices,
-                        precision=precision, gradient_clip_val=t.grad_clip or None,
-                        callbacks=callbacks, logger=loggers, deterministic=True,
+                        num_nodes=t.num_nodes, strategy=t.strategy, precision=precision,
+                        gradient_clip_val=t.grad_clip or None, callbacks=callbacks,
+                        logger=loggers, deterministic=True,
+                        plugins=[AtomicCheckpointIO()],
                         enable_progress_bar=progress, enable_model_summary=False,
                         log_every_n_steps=1, num_sanity_val_steps=0)
     return trainer, ckpt
@@ -137,31 +153,50 @@ def _bar(show: bool, description: str):
 def _fit(trainer: L.Trainer, module: ClipModule, train_dl, val_dl, ckpt_dir: Path,
          resume: bool) -> None:
     last = ckpt_dir / "last.ckpt"
-    with warnings.catch_warnings():
-        # a frozen backbone is in eval mode on purpose (its BatchNorm statistics must not move)
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        trainer.fit(module, train_dl, val_dl,
-                    ckpt_path=str(last) if resume and last.exists() else None)
+    if resume and last.exists():
+        load_checkpoint_file(last)  # a damaged file is one line naming it, not torch's traceback
+    try:
+        with warnings.catch_warnings():
+            # a frozen backbone is in eval mode on purpose (its BatchNorm statistics must not move)
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            trainer.fit(module, train_dl, val_dl,
+                        ckpt_path=str(last) if resume and last.exists() else None)
+    except NonFiniteLoss as e:  # the run folder says where, for `diagnose --run`
+        atomic_write_text(ckpt_dir.parent.parent / FAILURE_FILE,
+                          json.dumps(e.record.to_dict(), indent=1))
+        raise
 
 
 def _load_best(module: ClipModule, ckpt: ModelCheckpoint) -> None:
     if ckpt.best_model_path and Path(ckpt.best_model_path).exists():
-        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["state_dict"])
+        module.load_state_dict(load_checkpoint_file(ckpt.best_model_path)["state_dict"])
 
 
 def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool = False,
           progress: bool = False, on_event: Callable[[str], None] | None = None) -> Run:
-    """Train a ClipClassifier on `data`; writes and returns the run (see the module docstring)."""
+    """Train a ClipClassifier on `data`; writes and returns the run (see the module docstring).
+
+    Out of memory and a disk filling up mid-run become one ClipdoctorError line (guards.py)."""
+    with resource_faults("training", config, Path(out)):
+        return _train(data, config, out, resume=resume, progress=progress, on_event=on_event)
+
+
+def _train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool,
+           progress: bool, on_event: Callable[[str], None] | None) -> Run:
     started = time.perf_counter()
     out = Path(out)
     check_writable(out)
     if resume and not (out / "config.yaml").exists():
         raise ClipdoctorError(f"{out}: nothing to resume (no config.yaml); train without --resume")
+    ranks = distributed.start(config.train)  # under DDP every process runs on from here
+    (out / FAILURE_FILE).unlink(missing_ok=True)  # a record of an earlier attempt's failure
     say = on_event or (lambda msg: log.info(msg))
+    if not ranks.is_main:  # rank 0 reports; the other ranks work quietly
+        say, progress = log.debug, False
     L.seed_everything(config.seed, workers=True, verbose=False)
     classes = data.classes
     model = build_classifier(config.model, len(classes))
+    check_free_space(out, model)
     save_config(config, out / "config.yaml")
     atomic_write_text(out / "classes.json", json.dumps(classes, ensure_ascii=False, indent=1))
 
@@ -171,7 +206,7 @@ def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool
     say("decoding clips into the frame cache")
     with _bar(progress, "decoding clips") as bar:
         dm.progress = bar
-        dm.prepare()
+        dm.prepare(ranks=ranks)  # DDP: each rank decodes its shard into the shared cache
     weights = dm.class_weights() if t.class_weighting == "balanced" else None
     train_samples = [s for s in dm.samples if s.split == "train"]
     val_samples = [s for s in dm.samples if s.split == "val"]
@@ -186,8 +221,9 @@ def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool
         cache = FeatureCache(config.data.cache_dir) if config.data.cache else None
         with _bar(progress, "per-frame features") as bar:
             train_views = compute_features(model, dm, train_samples, views=t.feature_views,
-                                           cache=cache, progress=bar)
-            val_views = compute_features(model, dm, val_samples, views=1, cache=cache, progress=bar)
+                                           cache=cache, progress=bar, ranks=ranks)
+            val_views = compute_features(model, dm, val_samples, views=1, cache=cache, progress=bar,
+                                         ranks=ranks)
         train_ds = FeatureDataset(train_views, [s.label for s in train_samples],
                                   _lengths(dm, train_samples), train=True, seed=config.seed)
         val_ds = FeatureDataset(val_views, [s.label for s in val_samples], _lengths(dm, val_samples))
@@ -207,7 +243,9 @@ def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool
         stage = "stage2" if config.model.freeze_backbone else "stage1"
         epochs = t.finetune_epochs if config.model.freeze_backbone else t.epochs
         if config.model.freeze_backbone:
-            freeze(model.backbone, trainable_blocks=config.model.trainable_blocks)
+            for backbone in (model.backbone, model.diff_backbone):  # the RGB-diff one if separate
+                if backbone is not None:
+                    freeze(backbone, trainable_blocks=config.model.trainable_blocks)
         train_ds = dm.dataset("train")
         train_dl = _loader(train_ds, bs, shuffle=True, seed=config.seed,
                            num_workers=config.data.num_workers,
@@ -224,6 +262,9 @@ def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool
         stage_epochs.append(trainer.current_epoch)
         final = out / "checkpoints" / stage
 
+    ranks.finish()  # from here rank 0 alone: checkpoint copies, final evaluation, metrics.json
+    if not ranks.is_main:
+        return Run(out, model, classes, config, {}, dm.skipped)
     for name in ("best.ckpt", "last.ckpt"):
         if (final / name).exists():
             tmp = out / "checkpoints" / f".{name}.tmp"

@@ -84,6 +84,28 @@ def test_export_parity_for_every_head(tmp_path, head):
     assert list(tmp_path.glob(".*tmp")) == []
 
 
+@pytest.mark.parametrize("pool,rgb_diff,feature_diff", [("gap", "shared", False),
+                                                       ("grid", "separate", True),
+                                                       ("attention", "shared", True)])
+def test_export_parity_with_motion_inputs(tmp_path, pool, rgb_diff, feature_diff):
+    """Frame differences are computed inside the model: exported graphs must carry them."""
+    from clipdoctor.config import ModelConfig
+    from clipdoctor.models.classifier import build_classifier
+
+    model = build_classifier(ModelConfig(backbone="test_resnet", pretrained=False, pool=pool,
+                                         rgb_diff=rgb_diff, feature_diff=feature_diff,
+                                         proj_dim=16, hidden=16), 3).eval()
+    onnx = export_onnx(model, tmp_path / "m.onnx", frames=4, size=32)
+    ts = export_torchscript(model, tmp_path / "m.pt", frames=4, size=32)
+    assert onnx.max_abs_diff < 1e-4 and ts.max_abs_diff < 1e-4
+    x = torch.randn(1, 4, 3, 32, 32)
+    still = x[:, :1].expand(1, 4, 3, 32, 32)  # a static clip: the difference stream must matter
+    with torch.no_grad():
+        assert not torch.allclose(model(x), model(still), atol=1e-4)
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "m.pt"))(still), model(still),
+                                   atol=1e-4, rtol=0)
+
+
 def test_export_command(trained, tmp_path, capsys):
     _, run = trained
     assert main(["export", str(run), "--onnx", str(tmp_path / "a.onnx"),

@@ -347,7 +347,7 @@ def motion_visibility(probes: Probes) -> list[Finding]:
     """The pooled features lose the motion that 2x2-grid features of the same frames keep."""
     m = _get(probes, "motion_features")
     used, a_used, a_grid = m.get("used"), m.get("accuracy_used"), m.get("accuracy_grid")
-    if used != "gap" or a_used is None or a_grid is None:
+    if used not in ("gap", "gap+rgbdiff") or a_used is None or a_grid is None:
         return []
     n = max(m["clips"], 1)
     se = math.sqrt(a_used * (1 - a_used) / n + a_grid * (1 - a_grid) / n)
@@ -360,12 +360,19 @@ def motion_visibility(probes: Probes) -> list[Finding]:
           "change_grid_features": m.get("change_grid"),
           "probe": "logistic regression on per-frame PCA-32 features: clip mean and "
                    "late-minus-early difference, 3-fold CV"}
+    with_diff = used == "gap+rgbdiff"
+    remedy = ("Keep position in the per-frame features: --pool grid (measured on the demo's "
+              "direction pairs: the RGB-difference stream under global pooling still cannot tell "
+              "left from right; --pool grid --rgb-diff shared was the best row)." if with_diff else
+              "Keep position in the per-frame features: --pool grid (or --pool attention), and "
+              "add the RGB-difference stream (--rgb-diff shared) for direction; --rgb-diff alone "
+              "with --pool gap recovered growth / rotation pairs but not left / right.")
+    ev["rgb_diff"] = with_diff
     return [Finding(
         "motion-invisible-features", "warning",
-        f"Global pooling hides the motion: a linear probe over time reads the classes at "
-        f"{a_grid:.0%} from 2x2-grid features but {a_used:.0%} from the pooled ones",
-        ev, "Keep position in the per-frame features: --pool grid (or --pool attention); or "
-        "feed frame differences (RGB difference) alongside the frames.", gap)]
+        f"Global pooling hides the motion{' (frame differences included)' if with_diff else ''}: "
+        f"a linear probe over time reads the classes at {a_grid:.0%} from 2x2-grid features but "
+        f"{a_used:.0%} from the pooled ones", ev, remedy, gap)]
 
 
 @check("oversized-model", order=12)

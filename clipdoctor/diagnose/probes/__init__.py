@@ -8,7 +8,10 @@ that cannot run (no data, user model without the needed structure, budget spent)
 Tests (and anyone replaying a report) build `Probes(values={...})` from scripted numbers:
 checks never compute anything themselves, so each can be tested on measurements alone.
 
-Probe implementations live beside this file: `data.py`, `model.py`, `training.py`.
+Probe implementations live beside this file: the data probes in `data.py`, `clip_scan.py` and
+`features.py`; `model.py`; the training probes in `training.py` (the shared training data) and
+`lr_range.py`, `overfit_batch.py`, `grad_stats.py`, `short_run.py`, `temporal_eval.py`; what a
+run folder recorded in `run.py`.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from clipdoctor.config import RunConfig
+from clipdoctor.data.sources import SourceIndex
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,7 @@ class Context:
     budget: Budget = field(default_factory=lambda: Budget(120))
     seed: int = 0
     cache: dict = field(default_factory=dict)  # shared scratch between probes (e.g. a data module)
+    run: Path | None = None  # a run folder (`diagnose --run`): what its training recorded
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,19 @@ def need_data(ctx: Context) -> Any:
     if ctx.data is None:
         raise ProbeSkipped("no dataset given")
     return ctx.data
+
+
+def _is_index(data: Any) -> bool:
+    return isinstance(data, SourceIndex)
+
+
+def _need_index(ctx: Context) -> SourceIndex:
+    """The data as a clipdoctor SourceIndex; a user's own Dataset has no files to scan."""
+    data = need_data(ctx)
+    if not _is_index(data):
+        raise ProbeSkipped(f"data is a {type(data).__name__}, not a clipdoctor dataset: files, "
+                           "splits and the data pipeline are unknown")
+    return data
 
 
 def datamodule(ctx: Context):

@@ -17,7 +17,8 @@ They work on the built-in ClipClassifier and on the user's own `nn.Module`
 - `weights`: how the backbone's (or a user model's promised) weights were loaded.
 - `widths`: the narrowest per-frame / per-clip width on the way to the logits.
 - `motion_features`: can a linear probe over time read the motion from the features the model
-  pools (gap) as well as from 2x2-grid features (uses the shared `clip_features` probe).
+  pools (gap, with the RGB-difference stream when the model has one) as well as from 2x2-grid
+  features (uses the shared `clip_features` probe).
 """
 
 from __future__ import annotations
@@ -681,13 +682,21 @@ def _bottleneck_probe(ctx: Context, probes: Probes, width: int) -> dict:
 @probe("motion_features", min_s=3.0)
 def motion_features(ctx: Context, probes: Probes) -> dict:
     """A linear probe over time on the features the model pools vs 2x2-grid features of the
-    same frames; and how much each changes from frame to frame relative to its spread."""
-    _builtin(ctx)
+    same frames; and how much each changes from frame to frame relative to its spread.
+
+    With the RGB-difference input (model.rgb_diff) on a global pool, the features the model
+    uses are the frames' and the frame differences' pooled vectors side by side, and the probe
+    measures those (a backbone pass over the differences). Feature differences
+    (model.feature_diff) change nothing here: the probe already reads late-minus-early
+    differences of the pooled features."""
+    model = _builtin(ctx)
     cfg = ctx.config.model
     used = "gap" if cfg.pool == "gap" or (cfg.pool == "grid" and cfg.grid == 1) else cfg.pool
     if used != "gap":  # grid keeps the position the probe asks about; attention learns it
         return {"pool": cfg.pool, "grid": cfg.grid, "used": used,
                 "skipped": f"pool '{cfg.pool}' keeps position: nothing to compare"}
+    if cfg.rgb_diff != "off":
+        used = "gap+rgbdiff"
     cf = probes.get("clip_features")
     grid, gap = _as_array(cf["_grid"]), _as_array(cf["_gap"])
     labels = np.asarray(cf["labels"])
@@ -695,6 +704,9 @@ def motion_features(ctx: Context, probes: Probes) -> dict:
     keep = _subsample(labels, ctx.budget.scale(MOTION_CLIPS, minimum=60), ctx.seed)
     grid, gap, labels = grid[keep], gap[keep], labels[keep]
     groups = [groups[i] for i in keep] if groups is not None else None
+    if used == "gap+rgbdiff":
+        diff = _difference_gap_features(ctx, model, [cf["names"][i] for i in keep])
+        gap = np.concatenate([gap, diff], axis=-1)  # (N, T, C) + (N, T, C) -> (N, T, 2C)
     res: dict = {"pool": cfg.pool, "grid": cfg.grid, "used": used, "clips": int(len(labels)),
                  "classes": int(len(np.unique(labels))),
                  "chance": float(np.bincount(labels).max() / len(labels)),
@@ -710,6 +722,28 @@ def motion_features(ctx: Context, probes: Probes) -> dict:
                                        ctx.seed)
     res["accuracy_used"] = res["accuracy_gap"]
     return res
+
+
+@torch.no_grad()
+def _difference_gap_features(ctx: Context, model: nn.Module, names: list[str]) -> np.ndarray:
+    """Globally pooled backbone features of the frame differences x_t - x_{t-1} of the named
+    clips, through the backbone the model sends them to, in eval mode: (N, T, C)."""
+    from clipdoctor.models.motion import time_differences
+
+    by_name = {s.name: s for s in datamodule(ctx).samples}
+    backbone = model.diff_backbone if model.diff_backbone is not None else model.backbone
+    was_training = backbone.training
+    backbone.eval()
+    out = []
+    try:
+        for i in range(0, len(names), 8):
+            clips, _ = clip_batch(ctx, [by_name[n] for n in names[i:i + 8]])  # (B, T, C, H, W)
+            d = time_differences(clips)  # (B, T, C, H, W)
+            f = backbone(d.flatten(0, 1)).mean(dim=(2, 3))  # (B*T, C, H, W) -> (B*T, C', h, w) -> (B*T, C')
+            out.append(f.view(*d.shape[:2], -1).float().numpy())  # (B*T, C') -> (B, T, C')
+    finally:
+        backbone.train(was_training)
+    return np.concatenate(out)
 
 
 def _as_array(a: Any) -> np.ndarray:
