@@ -295,10 +295,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                           say=lambda m: console.print(f"[dim]{m}[/]"))
         console.rule("clipdoctor demo: 3. test split")
         for name, m in (("CNN-LSTM (grid + feature diff + bilstm)", result.metrics),
-                        ("order-blind baseline (meanpool)", result.baseline_metrics)):
+                        ("order-blind baseline (meanpool)", result.baseline_metrics),
+                        ("seed recipe (gap + bilstm)", result.gap_metrics or {})):
             if "test" in m:
                 _print_metrics(console, name, m["test"])
-        console.print(f"run folder: [bold]{result.run}[/]   baseline: {result.baseline_run}")
+        console.print(f"run folder: [bold]{result.run}[/]   baselines: {result.baseline_run}, "
+                      f"{result.gap_run}")
     console.rule("clipdoctor demo: " + ("2. the doctor on the broken setup" if args.broken
                                         else "4. the doctor on the run's configuration"))
     report = diagnose_demo(root, args.out, broken=args.broken, seed=args.seed,

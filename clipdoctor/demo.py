@@ -50,11 +50,14 @@ class DemoResult:
     baseline_run: Path
     metrics: dict
     baseline_metrics: dict
+    gap_run: Path | None = None  # the seed recipe's global average pool (direction-blind)
+    gap_metrics: dict | None = None
 
 
 def run_demo(data_root: Path, out: Path, *, seed: int = 0, cache_dir: Path | None = None,
              progress: bool = False, say: Callable[[str], None] = print) -> DemoResult:
-    """Train the default CNN-LSTM and the order-blind baseline on the demo data."""
+    """Train the default CNN-LSTM, the order-blind baseline and the seed recipe's global
+    average pooling on the demo data."""
     from clipdoctor.data.sources import load_source
     from clipdoctor.train.run import train
 
@@ -66,7 +69,11 @@ def run_demo(data_root: Path, out: Path, *, seed: int = 0, cache_dir: Path | Non
     # feature differences off: their mean over time (last minus first) would see frame order
     base_cfg = with_overrides(config, {"model.head": "meanpool", "model.feature_diff": False})
     base = train(index, base_cfg, out / "baseline", progress=progress, on_event=say)
-    return DemoResult(Path(data_root), run.path, base.path, run.metrics, base.metrics)
+    say("training the seed recipe: global average pooling per frame (blind to direction)")
+    gap_cfg = with_overrides(config, {"model.pool": "gap", "model.feature_diff": False})
+    gap = train(index, gap_cfg, out / "gap", progress=progress, on_event=say)
+    return DemoResult(Path(data_root), run.path, base.path, run.metrics, base.metrics,
+                      gap.path, gap.metrics)
 
 
 # Faults planted by `clipdoctor demo --broken`, each one a cause the doctor should name.

@@ -66,15 +66,17 @@ class VideoInfo:
     fps: float | None = None  # None for frame folders and arrays
     duration: float | None = None  # seconds
     pts: tuple[int, ...] = ()
+    keyframes: tuple[int, ...] = ()  # indices of the frames a seek can land on; () = unknown
 
     def to_dict(self) -> dict:
         return {"frames": self.frames, "width": self.width, "height": self.height,
-                "fps": self.fps, "duration": self.duration, "pts": list(self.pts)}
+                "fps": self.fps, "duration": self.duration, "pts": list(self.pts),
+                "keyframes": list(self.keyframes)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "VideoInfo":
         return cls(d["frames"], d["width"], d["height"], d.get("fps"), d.get("duration"),
-                   tuple(d.get("pts") or ()))
+                   tuple(d.get("pts") or ()), tuple(d.get("keyframes") or ()))
 
 
 def natural_key(name: str) -> tuple:
@@ -103,12 +105,14 @@ def probe(path: str | Path, timeout: float | None = DECODE_TIMEOUT_S) -> VideoIn
     try:
         with av.open(str(path)) as container:
             stream = _video_stream(container, path)
-            pts = []
+            packets = []
             for packet in container.demux(stream):
                 deadline.check()
                 if packet.size and packet.pts is not None:
-                    pts.append(packet.pts)
-            pts.sort()
+                    packets.append((packet.pts, packet.is_keyframe))
+            packets.sort()
+            pts = [t for t, _ in packets]
+            keyframes = tuple(i for i, (_, key) in enumerate(packets) if key)
             if not pts:
                 raise DecodeError(path, "video stream holds no frames")
             container.seek(pts[0], stream=stream, backward=True, any_frame=False)
@@ -123,7 +127,8 @@ def probe(path: str | Path, timeout: float | None = DECODE_TIMEOUT_S) -> VideoIn
                 duration = (pts[-1] - pts[0] + step) * tb
             elif fps:
                 duration = len(pts) / fps
-            return VideoInfo(len(pts), first.width, first.height, fps, duration, tuple(pts))
+            return VideoInfo(len(pts), first.width, first.height, fps, duration, tuple(pts),
+                             keyframes)
     except DecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, StopIteration) as e:
@@ -214,11 +219,21 @@ def _decode_video(path: Path, wanted: list[int], info: VideoInfo, size: int | No
                 if w < len(wanted) and wanted[w] == index:
                     out[index] = _convert(frame, size)
                     w += 1
-                if w >= len(wanted) or wanted[w] - index > _SEEK_GAP:
+                if w >= len(wanted) or (wanted[w] - index > _SEEK_GAP
+                                        and _seek_skips(info.keyframes, index, wanted[w])):
                     break  # done, or far enough ahead that seeking beats decoding
             else:
                 break  # end of stream
     return out
+
+
+def _seek_skips(keyframes: tuple[int, ...], current: int, target: int) -> bool:
+    """Whether seeking to `target` lands after `current`: a seek goes back to the keyframe
+    before `target`, and when that keyframe is at or before `current` (the same group of
+    pictures) it only decodes again frames already decoded. Unknown keyframes: assume yes."""
+    if not keyframes:
+        return True
+    return keyframes[bisect.bisect_right(keyframes, target) - 1] > current
 
 
 def _convert(frame: av.VideoFrame, size: int | None) -> np.ndarray:
