@@ -55,11 +55,12 @@ def check(*codes: str, order: int = 50) -> Callable:
 def _load_checks() -> None:
     """Import the check and probe modules (they register on import)."""
     from clipdoctor.diagnose.checks import (data, inputs, learning, model,  # noqa: F401
-                                            temporal, training)
+                                            model_capacity, temporal, training)
     from clipdoctor.diagnose.probes import (clip_scan, features, grad_stats,  # noqa: F401
                                             lr_range, overfit_batch, run, short_run,
                                             temporal_eval)
     from clipdoctor.diagnose.probes import data as _d, model as _m, training as _t  # noqa: F401
+    from clipdoctor.diagnose.probes import model_behaviour, model_features  # noqa: F401
 
 
 def run_checks(probes: Probes, names: list[str] | None = None
