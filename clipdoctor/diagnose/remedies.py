@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from clipdoctor.config import RunConfig, with_overrides
-from clipdoctor.diagnose.findings import Finding, Report
+from clipdoctor.diagnose.findings import CODES, Finding, Report
 
 MAX_FRAMES = 32  # "more frames" stops here: cost grows linearly with T
 
@@ -42,6 +42,11 @@ PLANNERS: dict[str, Planner] = {}
 
 
 def plans(*codes: str) -> Callable[[Planner], Planner]:
+    """Register a planner for finding `codes` (each must be in DESIGN §4's table)."""
+    unknown = [c for c in codes if c not in CODES]
+    if unknown:
+        raise ValueError(f"plans() got unknown finding codes {unknown}")
+
     def add(fn: Planner) -> Planner:
         for c in codes:
             PLANNERS[c] = fn

@@ -92,6 +92,7 @@ def better(a: Trial, b: Trial, chance: float) -> bool:
 
 def _train_briefly(data: Any, config: RunConfig, out: Path, name: str, seeds: list[int],
                    epochs: int, say: Callable[[str], None]) -> Trial:
+    from clipdoctor.train.guards import NonFiniteLoss
     from clipdoctor.train.run import train
 
     trial = Trial(name)
@@ -110,7 +111,7 @@ def _train_briefly(data: Any, config: RunConfig, out: Path, name: str, seeds: li
                                    "wall_s": run.metrics.get("wall_s")})
             else:  # NaN weights predict nothing: counted as chance with an infinite loss
                 trial.runs.append({"seed": seed, "error": "validation loss is not finite"})
-        except ClipdoctorError as e:  # e.g. a non-finite loss under the broken config
+        except NonFiniteLoss as e:  # a diverging config is a result; other errors stop repair
             trial.runs.append({"seed": seed, "error": str(e)})
         for heavy in ("checkpoints", "logs"):  # trials are evidence, not runs to keep
             shutil.rmtree(folder / heavy, ignore_errors=True)

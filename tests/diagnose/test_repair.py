@@ -222,3 +222,27 @@ def test_repair_of_an_imbalanced_high_lr_config_lowers_loss_and_raises_accuracy(
     assert repaired.train.lr < 0.1
     out = capsys.readouterr().out
     assert "learning-rate" in out and "--config" in out
+
+
+def test_a_diverging_trial_is_a_result_but_other_errors_stop_repair(tmp_path, monkeypatch):
+    import clipdoctor.train.run as run_module
+    from clipdoctor.errors import ClipdoctorError
+    from clipdoctor.train.guards import NonFiniteLoss, NonFiniteRecord
+
+    record = NonFiniteRecord(stage="stage1", phase="training", epoch=1, step=3, batch=3,
+                             loss="nan", lr=3.0, inputs_finite=True)
+
+    def diverging(data, config, out, **kw):
+        raise NonFiniteLoss(record)
+
+    monkeypatch.setattr(run_module, "train", diverging)
+    trial = rp._train_briefly(_Data(), RunConfig(), tmp_path, "before", [0, 1], 2, lambda m: None)
+    assert [r["seed"] for r in trial.runs] == [0, 1] and all("error" in r for r in trial.runs)
+    assert trial.loss() == float("inf") and trial.acc(0.25) == 0.25  # counted as chance
+
+    def disk_full(data, config, out, **kw):
+        raise ClipdoctorError(f"{out}: the disk is full")
+
+    monkeypatch.setattr(run_module, "train", disk_full)
+    with pytest.raises(ClipdoctorError, match="disk is full"):
+        rp._train_briefly(_Data(), RunConfig(), tmp_path, "before", [0], 2, lambda m: None)
