@@ -206,7 +206,10 @@ def _decode_video(path: Path, wanted: list[int], info: VideoInfo, size: int | No
         stream = _video_stream(container, path)
         w = 0  # position in `wanted` of the next frame to collect
         while w < len(wanted):
-            container.seek(pts_table[wanted[w]], stream=stream, backward=True, any_frame=False)
+            # a fresh container decodes from the start: no seek while the first wanted frame
+            # lies in the first group of pictures (a seek there only costs a decoder flush)
+            if w > 0 or _seek_skips(info.keyframes, 0, wanted[w]):
+                container.seek(pts_table[wanted[w]], stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 deadline.check()
                 if frame.pts is None:
