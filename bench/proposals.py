@@ -14,10 +14,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common import BENCH, ROOT, Result, cli, demo_data, workdir
+from common import BENCH, ROOT, Result, best_of, cli, demo_data, workdir
 
 NAME = "proposals"
 PACKAGE_ENV = "CLIPDOCTOR_BENCH_PACKAGE"  # where the child imports clipdoctor from (common.py)
@@ -35,11 +34,11 @@ def _micro_seeking(data: Path) -> dict:
         path = data / name
         info = decode.probe(path)
         idx = uniform_segments(info.frames, 8, train=False).indices.tolist()
-        out[name] = _best(lambda: decode.read_frames(path, idx, info=info), 3)
+        out[name] = best_of(lambda: decode.read_frames(path, idx, info=info), 3)
     clips = sorted((data / "demo").rglob("*.mp4"))[:48]
     infos = [decode.probe(p) for p in clips]
     idxs = [uniform_segments(i.frames, 8, train=False).indices.tolist() for i in infos]
-    out["demo_clips"] = _best(lambda: [decode.read_frames(p, ix, info=i)
+    out["demo_clips"] = best_of(lambda: [decode.read_frames(p, ix, info=i)
                                        for p, ix, i in zip(clips, idxs, infos)], 3)
     return out
 
@@ -54,15 +53,6 @@ PROPOSALS = {
                    "seek inside one group of pictures went back to its keyframe and decoded "
                    "the same frames again"),
 }
-
-
-def _best(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _prepare_data(root: Path, quick: bool) -> Path:
