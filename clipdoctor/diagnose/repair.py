@@ -200,6 +200,8 @@ def repair(data: Any, *, config: RunConfig | None = None, out: str | Path = "run
     say = say or log.info
     if seeds < 1:
         raise ClipdoctorError(f"--seeds must be at least 1 (got {seeds})")
+    if epochs is not None and epochs < 1:
+        raise ClipdoctorError(f"--trial-epochs must be at least 1 (got {epochs})")
     epochs = epochs or min(config.train.epochs, TRIAL_EPOCHS_CACHED
                            if config.model.freeze_backbone else TRIAL_EPOCHS_CLIPS)
     k = len(data.classes)

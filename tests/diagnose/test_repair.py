@@ -246,3 +246,13 @@ def test_a_diverging_trial_is_a_result_but_other_errors_stop_repair(tmp_path, mo
     monkeypatch.setattr(run_module, "train", disk_full)
     with pytest.raises(ClipdoctorError, match="disk is full"):
         rp._train_briefly(_Data(), RunConfig(), tmp_path, "before", [0], 2, lambda m: None)
+
+
+@pytest.mark.parametrize("args,message", [(["--seeds", "0"], "--seeds must be at least 1"),
+                                          (["--trial-epochs", "0"], "--trial-epochs must be at least 1")])
+def test_repair_refuses_bad_counts_in_one_line(tmp_path, capsys, args, message):
+    root = tmp_path / "data"
+    _tinted(root, {"red": 4, "green": 4})
+    rc = main(["repair", str(root), "--out", str(tmp_path / "rep")] + args)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
