@@ -150,7 +150,7 @@ def test_train_val_leakage_scripted():
     assert found(leak(pixel=0.999), "split_leakage") == {"train-val-leakage": "warning"}
 
 
-def labels(share=0.2, cleaned=0.97, weights="hub") -> dict:
+def labels(share=0.2, cleaned=0.99, weights="hub") -> dict:
     n, flagged = 100, round(share * 100)
     issue = {"given": "a", "predicted": "b", "p_given": 0.1, "p_predicted": 0.9, "margin": 0.8}
     return {"label_issues": {"clips": n, "classes": 4, "backbone_weights": weights,
@@ -162,9 +162,12 @@ def labels(share=0.2, cleaned=0.97, weights="hub") -> dict:
 def test_label_noise_scripted():
     assert found(labels(0.2), "label_noise") == {"label-noise": "warning"}
     assert found(labels(0.3), "label_noise") == {"label-noise": "error"}
-    assert found(labels(0.02), "label_noise") == {"label-noise": "info"}
+    assert found(labels(0.02, cleaned=0.997), "label_noise") == {"label-noise": "info"}
     assert found(labels(0.0), "label_noise") == {}
-    for weak in (labels(0.3, cleaned=0.7), labels(0.3, weights="random")):
+    # measured on CLEAN demo clips with a trained demo backbone: a competent-looking cleaned
+    # accuracy, but 4.7 % errors left per 14 % flagged are the probe's own mistakes
+    for weak in (labels(0.3, cleaned=0.7), labels(0.3, weights="random"),
+                 labels(0.14, cleaned=0.953), labels(0.02, cleaned=0.97)):
         codes_, skipped = run(weak, "label_noise")
         assert codes_ == {} and skipped[0]["codes"] == ["label-noise"]
 
@@ -433,13 +436,13 @@ def given_weights(tmp_path_factory) -> Path:
 
 
 def test_label_noise_e2e(tmp_path, given_weights):
-    truth = _tinted(tmp_path / "noisy", per=16, noise=0.2)
+    truth = _tinted(tmp_path / "noisy", per=40, noise=0.2)
     cfg = config(tmp_path, **{"model.weights": given_weights})
     report = diagnose(load_source(tmp_path / "noisy"), config=cfg, budget_s=30,
                       checks=["label_noise"])
     assert codes(report) == {"label-noise": "warning"}, report.skipped
     flagged = {e["path"] for e in report.findings[0].evidence["examples"]}
-    assert len(flagged & truth) >= 0.5 * len(truth)  # most planted errors found (9 of 10)
+    assert len(flagged & truth) >= 0.7 * len(truth)  # most planted errors found
     assert len(flagged & truth) >= 0.7 * len(flagged)  # and few clean clips accused
 
     _tinted(tmp_path / "clean", per=16, noise=0.0)
