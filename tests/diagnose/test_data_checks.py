@@ -150,26 +150,49 @@ def test_train_val_leakage_scripted():
     assert found(leak(pixel=0.999), "split_leakage") == {"train-val-leakage": "warning"}
 
 
-def labels(share=0.2, cleaned=0.99, weights="hub") -> dict:
-    n, flagged = 100, round(share * 100)
-    issue = {"given": "a", "predicted": "b", "p_given": 0.1, "p_predicted": 0.9, "margin": 0.8}
-    return {"label_issues": {"clips": n, "classes": 4, "backbone_weights": weights,
-                             "probe_accuracy": 1 - share, "cleaned_accuracy": cleaned,
-                             "chance": 0.25, "flagged": flagged, "share": flagged / n,
-                             "issues": [{"path": f"{i}.mp4", **issue} for i in range(flagged)]}}
+def labels(share=0.2, recall=(0.99, 0.99, 0.99, 0.99), weights="hub", left=0) -> dict:
+    """4 classes of 25 clips; `share` of them flagged (a->b, spread over the classes), `recall`
+    on the unflagged clips per class, `left` of those still misclassified."""
+    names = ["a", "b", "c", "d"]
+    flagged = round(share * 100)
+    issues = [{"path": f"{i}.mp4", "given": names[i % 4], "predicted": names[(i + 1) % 4],
+               "p_given": 0.1, "p_predicted": 0.9, "margin": 0.8} for i in range(flagged)]
+    per_class = {c: {"clips": 25, "flagged": sum(i["given"] == c for i in issues),
+                     "cleaned_recall": r} for c, r in zip(names, recall)}
+    for c in per_class.values():
+        c["kept"] = 25 - c["flagged"]
+        c["kept_wrong"] = 0
+    per_class["a"]["kept_wrong"] = left
+    return {"label_issues": {"clips": 100, "classes": 4, "backbone_weights": weights,
+                             "probe_accuracy": 1 - share, "cleaned_accuracy": min(recall),
+                             "chance": 0.25, "flagged": flagged, "share": flagged / 100,
+                             "per_class": per_class, "issues": issues}}
 
 
 def test_label_noise_scripted():
     assert found(labels(0.2), "label_noise") == {"label-noise": "warning"}
     assert found(labels(0.3), "label_noise") == {"label-noise": "error"}
-    assert found(labels(0.02, cleaned=0.997), "label_noise") == {"label-noise": "info"}
+    assert found(labels(0.02), "label_noise") == {"label-noise": "info"}
     assert found(labels(0.0), "label_noise") == {}
-    # measured on CLEAN demo clips with a trained demo backbone: a competent-looking cleaned
-    # accuracy, but 4.7 % errors left per 14 % flagged are the probe's own mistakes
-    for weak in (labels(0.3, cleaned=0.7), labels(0.3, weights="random"),
-                 labels(0.14, cleaned=0.953), labels(0.02, cleaned=0.97)):
+    for weak in (labels(0.3, recall=(0.7, 0.8, 0.99, 0.5)), labels(0.3, weights="random"),
+                 labels(0.02, left=4)):  # 5 % errors left vs 2 % flagged: the probe's own
         codes_, skipped = run(weak, "label_noise")
         assert codes_ == {} and skipped[0]["codes"] == ["label-noise"]
+
+
+def test_label_noise_judges_only_the_classes_the_probe_separates():
+    """Measured on CLEAN demo clips with a trained demo backbone: six classes recalled at
+    0.95-1.0, the rotation pair at chance, most of cleanlab's flags inside the pair. Only flags
+    between judged classes count, and the finding names what was not judged."""
+    li = labels(0.0, recall=(0.99, 0.99, 0.5, 0.4))["label_issues"]
+    flag = {"p_given": 0.1, "p_predicted": 0.9, "margin": 0.8}
+    li["issues"] = [{"path": f"{i}.mp4", "given": "c", "predicted": "d", **flag}
+                    for i in range(12)] + [{"path": "x.mp4", "given": "a", "predicted": "c", **flag}]
+    assert found({"label_issues": li}, "label_noise") == {}  # every flag touches c or d
+    li["issues"].append({"path": "y.mp4", "given": "a", "predicted": "b", **flag})
+    (f,), _, _ = run_checks(Probes(values={"label_issues": li}), ["label_noise"])
+    assert f.severity == "info" and f.evidence["clips"] == 50 and f.evidence["flagged"] == 1
+    assert f.evidence["unjudged_classes"] == ["c", "d"] and "c, d" in f.remedy
 
 
 def test_static_clips_scripted():
