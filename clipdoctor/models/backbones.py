@@ -282,6 +282,9 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
         why = f"{type(first_error).__name__}: {(str(first_error).strip().splitlines() or [''])[0][:200]}"
         raise ClipdoctorError(f"{path}: cannot read weights ({why}); expected a safetensors file or a "
                               "state dict saved with torch.save(model.state_dict(), FILE)")
+    if isinstance(obj, Mapping) and "clipdoctor_frozen" in obj:  # train.module.FROZEN_KEY
+        raise ClipdoctorError(f"{path}: a stage-1 epoch checkpoint, which leaves the frozen "
+                              "backbone out; use the run's checkpoints/best.ckpt")
     for key in ("state_dict", "model"):  # checkpoint dicts: Lightning, timm train scripts, ...
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

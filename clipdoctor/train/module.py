@@ -17,6 +17,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from clipdoctor.config import TrainConfig
+from clipdoctor.errors import ClipdoctorError
+
+FROZEN = ("model.backbone.", "model.diff_backbone.")  # state-dict keys a stage-1 epoch cannot change
+FROZEN_KEY = "clipdoctor_frozen"  # in a stage-1 checkpoint: the digest of the weights left out
 
 
 def unpack(batch: tuple | list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -46,6 +50,34 @@ def warmup_schedule(kind: str, warmup_steps: int, total_steps: int) -> Callable[
     return factor
 
 
+def frozen_digest(model: nn.Module) -> str:
+    """Identity of the frozen backbone weights (and a separate RGB-difference backbone's)."""
+    from clipdoctor.train.features import state_hash
+
+    parts = [getattr(model, name, None) for name in ("backbone", "diff_backbone")]
+    return "+".join(state_hash(m) for m in parts if m is not None)
+
+
+def complete_state(module: nn.Module, checkpoint: dict, source: str = "checkpoint") -> dict:
+    """Put the frozen backbone weights that a stage-1 checkpoint leaves out back into its
+    state_dict, from `module` (rebuilt from the run's config: the same pretrained / given /
+    seeded weights), after checking they are the ones the checkpoint was made with."""
+    digest = checkpoint.get(FROZEN_KEY)
+    if digest is None:
+        return checkpoint
+    model = getattr(module, "model", module)
+    if frozen_digest(model) != digest:
+        raise ClipdoctorError(f"{source}: the frozen backbone differs from the one this "
+                              "checkpoint was trained on (other --weights, timm version or "
+                              "seed); train without --resume")
+    state = checkpoint["state_dict"]
+    for key, value in module.state_dict().items():
+        if key.startswith(FROZEN):
+            state.setdefault(key, value)
+    del checkpoint[FROZEN_KEY]
+    return checkpoint
+
+
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection({
         "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -72,6 +104,25 @@ class ClipModule(L.LightningModule):
                              else torch.ones(num_classes), persistent=True)
         self.train_metrics = _metrics(num_classes, "train_")
         self.val_metrics = _metrics(num_classes, "val_")
+        self._frozen_digest: str | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """On cached features the backbone cannot change: its weights stay out of the epoch
+        checkpoints (a digest stands in), which then hold the head alone. Measured: resnet10t
+        checkpoints 39 MB -> 19 MB (the rest is the head and its AdamW moments),
+        0.065 -> 0.027 s a save on 2 CPU cores, more for larger backbones; the run's published checkpoints are
+        complete again (`complete_state`)."""
+        if not self.cached:
+            return
+        if self._frozen_digest is None:  # frozen: hashed once per stage
+            self._frozen_digest = frozen_digest(self.model)
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(FROZEN)]:
+            del state[key]
+        checkpoint[FROZEN_KEY] = self._frozen_digest
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        complete_state(self, checkpoint)  # --resume of stage 1
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.forward_cached(x, lengths) if self.cached else self.model(x, lengths)

@@ -47,7 +47,7 @@ from clipdoctor.train.checkpoint_io import AtomicCheckpointIO, load_checkpoint_f
 from clipdoctor.train.features import FeatureDataset, compute_features
 from clipdoctor.train.guards import (FAILURE_FILE, NonFiniteLoss, NonFiniteLossGuard,
                                      check_free_space, resource_faults)
-from clipdoctor.train.module import ClipModule
+from clipdoctor.train.module import FROZEN_KEY, ClipModule, complete_state
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,19 @@ def _fit(trainer: L.Trainer, module: ClipModule, train_dl, val_dl, ckpt_dir: Pat
 
 def _load_best(module: ClipModule, ckpt: ModelCheckpoint) -> None:
     if ckpt.best_model_path and Path(ckpt.best_model_path).exists():
-        module.load_state_dict(load_checkpoint_file(ckpt.best_model_path)["state_dict"])
+        state = load_checkpoint_file(ckpt.best_model_path)
+        module.load_state_dict(complete_state(module, state, ckpt.best_model_path)["state_dict"])
+
+
+def _publish(module: ClipModule, src: Path, dst: Path) -> None:
+    """A stage's checkpoint as the run's, complete (stage 1 leaves the frozen backbone out)."""
+    state = load_checkpoint_file(src)
+    if FROZEN_KEY not in state:
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return
+    AtomicCheckpointIO().save_checkpoint(complete_state(module, state, str(src)), dst)
 
 
 def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool = False,
@@ -267,9 +279,7 @@ def _train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: boo
         return Run(out, model, classes, config, {}, dm.skipped)
     for name in ("best.ckpt", "last.ckpt"):
         if (final / name).exists():
-            tmp = out / "checkpoints" / f".{name}.tmp"
-            shutil.copyfile(final / name, tmp)
-            os.replace(tmp, out / "checkpoints" / name)
+            _publish(module, final / name, out / "checkpoints" / name)
 
     from clipdoctor.train.evaluate import evaluate_samples
 

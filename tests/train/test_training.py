@@ -114,6 +114,43 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, pair_data, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_stage1_checkpoints_leave_the_frozen_backbone_out(tmp_path, pair_data):
+    """Each stage-1 epoch checkpoint holds the head and a digest of the frozen backbone (the
+    backbone cannot change on cached features); the run's published checkpoints are complete;
+    a resume whose backbone no longer matches the digest is one line, not a wrong model."""
+    from clipdoctor.errors import ClipdoctorError
+    from clipdoctor.models.classifier import build_classifier
+    from clipdoctor.train.evaluate import load_run
+    from clipdoctor.train.module import FROZEN_KEY
+
+    cfg = _config(tmp_path, **{"train.epochs": 2})
+    run = train(pair_data, cfg, tmp_path / "run")
+    ckpts = tmp_path / "run" / "checkpoints"
+    stage = torch.load(ckpts / "stage1" / "last.ckpt", weights_only=True)
+    published = torch.load(ckpts / "last.ckpt", weights_only=True)
+    backbone = [k for k in published["state_dict"] if k.startswith("model.backbone.")]
+    assert backbone and not any(k.startswith("model.backbone.") for k in stage["state_dict"])
+    assert FROZEN_KEY in stage and FROZEN_KEY not in published
+    assert set(published["state_dict"]) == {f"model.{k}" for k in run.model.state_dict()} | {
+        "class_weights"}
+    best_stage = torch.load(ckpts / "stage1" / "best.ckpt", weights_only=True)["state_dict"]
+    best = torch.load(ckpts / "best.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(best[k], v) for k, v in best_stage.items())  # the head, unchanged
+    assert (ckpts / "stage1" / "last.ckpt").stat().st_size < 0.5 * (ckpts / "last.ckpt").stat().st_size
+    loaded = load_run(tmp_path / "run")  # strict load of the complete state
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
+                                                 run.model.state_dict().values()))
+
+    with pytest.raises(ClipdoctorError, match="stage-1 epoch checkpoint"):  # not as --weights
+        build_classifier(cfg.model.model_copy(update={"weights": ckpts / "stage1" / "best.ckpt"}), 2)
+
+    stage[FROZEN_KEY] = "another backbone"
+    torch.save(stage, ckpts / "stage1" / "last.ckpt")
+    with pytest.raises(ClipdoctorError, match="frozen backbone differs"):
+        train(pair_data, cfg.model_copy(update={"train": cfg.train.model_copy(
+            update={"epochs": 3})}), tmp_path / "run", resume=True)
+
+
 def test_seeded_runs_repeat_exactly(tmp_path, pair_data):
     cfg = _config(tmp_path, **{"train.epochs": 2})
     a = train(pair_data, cfg, tmp_path / "a").metrics
