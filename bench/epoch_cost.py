@@ -177,7 +177,9 @@ def _epoch_ratio(result: Result, root, quick: bool) -> None:
         "arithmetic at batch 16, not loading. What closes the gap to 50x is fewer, larger "
         "head steps on cached features (a stage-1 batch size of its own), not faster loading; "
         "in `clipdoctor train` each epoch also writes `last.ckpt` (and `best.ckpt` when it "
-        "improves) with the frozen backbone's weights included, which this loop does not.")
+        "improves), which this loop does not: the head and its AdamW moments, the frozen "
+        "backbone left out since this stop (resnet10t: 19 instead of 39 MB, 27 instead of "
+        "65 ms a save).")
 
 
 def _finetune(result: Result, root, quick: bool) -> None:

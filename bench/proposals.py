@@ -49,9 +49,10 @@ MICRO = {"seeking": _micro_seeking}
 PROPOSALS = {
     "keyframe-aware-seeking.diff": (
         "seeking", "read_frames seeks only when the keyframe before the next wanted frame lies "
-                   "after the current position (probe records keyframe indices); before, a "
-                   "seek inside one group of pictures went back to its keyframe and decoded "
-                   "the same frames again"),
+                   "after the current position (probe records keyframe indices), and not at "
+                   "all while the first wanted frame is in the first group of pictures; "
+                   "before, a seek inside one group of pictures went back to its keyframe and "
+                   "decoded the same frames again"),
 }
 
 
