@@ -43,7 +43,29 @@ def _micro_seeking(data: Path) -> dict:
     return out
 
 
-MICRO = {"seeking": _micro_seeking}
+def _micro_frozen_pass(data: Path) -> dict:
+    """compute_features over the 48 demo clips from the frame cache (decoding is outside the
+    clock; no feature cache, so every call computes): clip loading, transforms and the default
+    backbone (resnet10t, random weights) at 64 px, 8 frames a clip, grid pool."""
+    import torch
+
+    from clipdoctor.config import RunConfig, with_overrides
+    from clipdoctor.data.datamodule import ClipDataModule
+    from clipdoctor.data.sources import load_source
+    from clipdoctor.models.classifier import build_classifier
+    from clipdoctor.train.features import compute_features
+
+    torch.manual_seed(0)
+    cfg = with_overrides(RunConfig(), {"model.pretrained": False, "data.size": 64,
+                                       "data.frame_size": 72, "data.cache_dir": data / "cache"})
+    index = load_source(data / "demo")
+    model = build_classifier(cfg.model, len(index.classes))
+    dm = ClipDataModule(index, cfg.data, mean=model.info.mean, std=model.info.std)
+    dm.prepare()
+    return {"frozen_pass_48_clips": best_of(lambda: compute_features(model, dm, dm.samples), 3)}
+
+
+MICRO = {"seeking": _micro_seeking, "frozen_pass": _micro_frozen_pass}
 
 # diff file -> (micro-benchmark, what it fixes)
 PROPOSALS = {
@@ -53,6 +75,10 @@ PROPOSALS = {
                    "all while the first wanted frame is in the first group of pictures; "
                    "before, a seek inside one group of pictures went back to its keyframe and "
                    "decoded the same frames again"),
+    "channels-last-frozen-pass.diff": (
+        "frozen_pass", "the frozen pass that fills the feature cache runs the backbone with "
+                       "channels-last convolution weights (CPU oneDNN and GPU kernels prefer "
+                       "it; outputs equal to float rounding), back to the default layout after"),
 }
 
 
