@@ -126,7 +126,7 @@ def channels_last(*modules: torch.nn.Module | None) -> Iterator[None]:
     """Convolution weights in channels-last layout for a frozen pass, back to the default
     layout after (training and checkpoints keep it). The outputs match to float rounding.
     Measured on 2 CPU cores, resnet10t at 64 px, 128 frames a batch: the backbone 1.1 instead
-    of 1.6 ms a frame; the whole pass from the frame cache 1.1x (bench/proposals.py)."""
+    of 1.6 ms a frame; the whole pass from the frame cache 1.1-1.35x (bench/proposals.py)."""
     present = [m for m in modules if m is not None]
     for m in present:
         m.to(memory_format=torch.channels_last)
