@@ -82,7 +82,10 @@ class ClipDataset(Dataset):
             frames = read_sample(sample, picked.indices, self.frame_size, info)
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seq.generate_state(1)[0]))
+            # the CPU generator alone (the transforms run on CPU): torch.manual_seed would also
+            # reseed the GPU generators, which fork_rng(devices=[]) does not restore, and
+            # formats a stack trace for each lazy GPU seeding (0.2 ms an item)
+            torch.default_generator.manual_seed(int(seq.generate_state(1)[0]))
             x = self.transform(x)
         if self.short == "pad":
             x[picked.length:] = 0  # padded steps carry no signal, and the length says so

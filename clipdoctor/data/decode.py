@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -202,6 +203,9 @@ def _decode_video(path: Path, wanted: list[int], info: VideoInfo, size: int | No
     """Decode the frames whose indices are in `wanted` (sorted, unique), seeking across gaps."""
     out: dict[int, np.ndarray] = {}
     pts_table = info.pts
+    # one converter for the clip: `frame.to_ndarray(...)` sets up a new libswscale context for
+    # every frame, which cost 3.5x the decoding itself on 64 px clips (same pixels either way)
+    reformatter = VideoReformatter()
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
         w = 0  # position in `wanted` of the next frame to collect
@@ -220,7 +224,7 @@ def _decode_video(path: Path, wanted: list[int], info: VideoInfo, size: int | No
                 while w < len(wanted) and wanted[w] < index:
                     w += 1  # a wanted frame the decoder never produced: reported by the caller
                 if w < len(wanted) and wanted[w] == index:
-                    out[index] = _convert(frame, size)
+                    out[index] = _convert(frame, size, reformatter)
                     w += 1
                 if w >= len(wanted) or (wanted[w] - index > _SEEK_GAP
                                         and _seek_skips(info.keyframes, index, wanted[w])):
@@ -239,13 +243,14 @@ def _seek_skips(keyframes: tuple[int, ...], current: int, target: int) -> bool:
     return keyframes[bisect.bisect_right(keyframes, target) - 1] > current
 
 
-def _convert(frame: av.VideoFrame, size: int | None) -> np.ndarray:
+def _convert(frame: av.VideoFrame, size: int | None, reformatter: VideoReformatter) -> np.ndarray:
     if size is None:
-        return frame.to_ndarray(format="rgb24")
+        return reformatter.reformat(frame, format="rgb24").to_ndarray()
     scale = size / min(frame.width, frame.height)
     nw, nh = max(size, round(frame.width * scale)), max(size, round(frame.height * scale))
     # libswscale resizes and converts in one pass, far cheaper than converting then resizing
-    rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="BILINEAR")
+    rgb = reformatter.reformat(frame, width=nw, height=nh, format="rgb24",
+                               interpolation="BILINEAR").to_ndarray()
     return resize_square(rgb, size)
 
 
