@@ -8,8 +8,8 @@ Three comparisons, each timed in turns in one process (`common.interleaved`):
    first-epoch cost (probe included) and the datamodule path without a cache.
 2. A long video (60 s at 30 fps, 320 x 240, keyframes every 2 s and x264's default 250):
    the same 8 frames; plain PyAV decodes everything up to the last one, clipdoctor seeks.
-3. Frame-cache reads (memory-mapped .npy, what training does from epoch 1 on) vs decoding the
-   same frames at the cached size.
+3. Frame-cache reads (`FrameCache.take`: plain reads of the chosen frames from the .npy
+   entry, what training does from epoch 1 on) vs decoding the same frames at the cached size.
 """
 
 from __future__ import annotations
@@ -168,13 +168,13 @@ def _cache_vs_decode(result: Result, data: Path, root: Path, quick: bool) -> Non
     cache.fill(samples)
     infos = [decode.probe(s.path) for s in samples]
     # the same frames both ways: what the cache holds of the 8 evaluation frames, at 128 px
-    picks = [_eval_indices(len(cache.frames(s))) for s in samples]
+    picks = [_eval_indices(cache.count(s)) for s in samples]
     src_idx = [kept_indices(info.frames, cache.max_frames)[p].tolist()
                for p, info in zip(picks, infos)]
 
     def from_cache():
         for s, p in zip(samples, picks):
-            np.asarray(cache.frames(s)[p])
+            cache.take(s, p)
 
     def from_video():
         for s, idx, info in zip(samples, src_idx, infos):
@@ -195,7 +195,7 @@ def _cache_vs_decode(result: Result, data: Path, root: Path, quick: bool) -> Non
     frames = len(samples) * T
     result.details["cache_vs_decode"] = {"clips": len(samples),
                                          "frames_per_s": {k: round(frames / v) for k, v in t.items()}}
-    ratio_row(result, "frame cache (memory-mapped .npy) vs decoding, frames/s",
+    ratio_row(result, "frame cache (.npy entries, read as training does) vs decoding, frames/s",
               t["decode"] / t["cache"], 20,
               f"{frames / t['cache']:.0f} vs {frames / t['decode']:.0f} frames/s, the same "
               f"{T} frames per clip at 128 px")

@@ -64,20 +64,19 @@ class ClipDataset(Dataset):
         # one generator per item: the same (seed, epoch, item) gives the same clip in any worker
         seq = np.random.SeedSequence([self.seed, self.epoch if self.train else 0, i])
         rng = np.random.default_rng(seq)
-        if self.cache is not None:
-            source = self.cache.frames(sample)  # (N, S, S, 3) uint8, memory-mapped
-            num = len(source)
-        else:
-            info = self._infos.get(i // self.num_clips) or probe_sample(sample)
-            self._infos[i // self.num_clips] = info
-            num = info.frames
         kw = dict(train=self.train, rng=rng if self.train else None, clip=clip,
                   num_clips=self.num_clips, short=self.short)
         if self.sampler == "dense":
             kw.update(stride=self.stride, max_stride=self.max_stride)
+        if self.cache is not None:
+            num = self.cache.count(sample)
+        else:
+            info = self._infos.get(i // self.num_clips) or probe_sample(sample)
+            self._infos[i // self.num_clips] = info
+            num = info.frames
         picked = sample_indices(self.sampler, num, self.frames, **kw)
         if self.cache is not None:
-            frames = np.asarray(source[picked.indices])
+            frames = self.cache.take(sample, picked.indices)  # (T, S, S, 3) uint8
         else:
             frames = read_sample(sample, picked.indices, self.frame_size, info)
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)

@@ -135,7 +135,7 @@ def _lengths(dm: ClipDataModule, samples: list[Sample]) -> list[int] | None:
     if dm.config.short != "pad":
         return None
     t = dm.config.frames
-    return [min(t, len(dm.cache.frames(s)) if dm.cache else dm.config.frames) for s in samples]
+    return [min(t, dm.cache.count(s) if dm.cache else dm.config.frames) for s in samples]
 
 
 @contextlib.contextmanager

@@ -47,6 +47,35 @@ def test_entry_holds_resized_frames_in_order(tmp_path):
     assert [frame_number(f) for f in frames] == list(kept_indices(40, 8))
 
 
+def test_take_reads_the_chosen_frames_and_follows_file_changes(tmp_path, count_opens):
+    """`take` (what training reads) returns exactly the entry's frames at the indices, in
+    the order asked (repeats included), without opening the video again; a changed video is
+    decoded again even by the same cache object (its entry memo keys on size and mtime)."""
+    cache = FrameCache(tmp_path / "c", frame_size=24, max_frames=8)
+    path = make_video(tmp_path / "a.mp4", n=40, size=(32, 48))
+    s = _sample(path)
+    assert cache.count(s) == 8
+    count_opens.clear()
+    got = cache.take(s, [7, 0, 0, 3])
+    assert got.shape == (4, 24, 24, 3) and got.dtype == np.uint8 and count_opens == []
+    assert np.array_equal(got, np.asarray(cache.frames(s))[[7, 0, 0, 3]])
+    with pytest.raises(IndexError, match="frame 8 of 8"):
+        cache.take(s, [8])
+    make_video(path, n=12, offset=50)
+    os.utime(path, ns=(1, 1))
+    assert cache.count(s) == 8 and frame_number(cache.take(s, [0])[0]) == 50
+
+
+def test_take_names_a_truncated_entry(tmp_path):
+    cache = FrameCache(tmp_path / "c", frame_size=24, max_frames=8)
+    s = _sample(make_video(tmp_path / "a.mp4", n=12))
+    cache.count(s)
+    entry = next((tmp_path / "c" / "frames").rglob("*.npy"))
+    entry.write_bytes(entry.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated; delete it"):
+        cache.take(s, list(range(8)))
+
+
 def test_second_read_opens_no_video_file(tmp_path, count_opens):
     cache = FrameCache(tmp_path / "c", frame_size=24)
     samples = [_sample(make_video(tmp_path / f"{i}.mp4", n=12)) for i in range(3)]

@@ -261,7 +261,7 @@ def _short_clips(ctx: Context) -> dict:
     T = ctx.config.data.frames
     samples = pick(dm.samples, ctx.budget.scale(2000, minimum=100), ctx.seed)
     if dm.cache is not None:
-        counts = [len(dm.cache.frames(s)) for s in samples]
+        counts = [dm.cache.count(s) for s in samples]
     else:
         from clipdoctor.data.cache import probe_sample
 
