@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 import av
-from av.video.reformatter import VideoReformatter
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image, UnidentifiedImageError
 
 from clipdoctor.data.sources import IMAGE_SUFFIXES
