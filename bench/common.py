@@ -65,7 +65,8 @@ def ratio_row(result: Result, figure: str, ratio: float, target: float | None, w
     met = None if target is None else ratio >= target
     text = why
     if met is False:
-        text = f"missed by {target / ratio:.2f}x ({ratio:.1f}x of {target:g}x). {missed_because} {why}"
+        text = (f"missed by {1 - ratio / target:.1%} ({ratio:.2f}x of {target:g}x). "
+                f"{missed_because} {why}")
     result.add(figure, "-" if target is None else f">= {target:g}x", f"{ratio:.2f}x", met,
                text.strip())
 
