@@ -142,7 +142,7 @@ class ClipModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute(), sync_dist=True)  # compute() syncs the states
-        self.log("lr", self.optimizers().param_groups[0]["lr"])  # at the epoch's end (same on all ranks)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], sync_dist=True)  # at the epoch end
         self.train_metrics.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
