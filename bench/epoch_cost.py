@@ -178,8 +178,7 @@ def _epoch_ratio(result: Result, root, quick: bool) -> None:
         "head steps on cached features (a stage-1 batch size of its own), not faster loading; "
         "in `clipdoctor train` each epoch also writes `last.ckpt` (and `best.ckpt` when it "
         "improves), which this loop does not: the head and its AdamW moments, the frozen "
-        "backbone left out since this stop (resnet10t: 19 instead of 39 MB, 27 instead of "
-        "65 ms a save).")
+        "backbone left out (resnet10t: 19 instead of 39 MB, 27 instead of 65 ms a save).")
 
 
 def _finetune(result: Result, root, quick: bool) -> None:
