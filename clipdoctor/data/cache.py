@@ -234,15 +234,7 @@ class FrameCache:
 
     def frames(self, sample: Sample) -> np.ndarray:
         """(N, S, S, 3) uint8 memory-mapped frames of the clip, decoded on the first call."""
-        path = self._entry(sample)
-        if not path.exists():
-            with computing(path) as needed:  # another process may be decoding this clip now
-                if needed:
-                    info = self.probe(sample)
-                    frames = read_sample(sample, kept_indices(info.frames, self.max_frames),
-                                         self.frame_size, info)
-                    atomic_save_npy(path, frames)
-        return np.load(path, mmap_mode="r")
+        return np.load(self._ready(sample), mmap_mode="r")
 
     def count(self, sample: Sample) -> int:
         """How many frames the clip's entry holds (decoded on the first call)."""
@@ -268,9 +260,15 @@ class FrameCache:
         return out
 
     def _ready(self, sample: Sample) -> Path:
+        """The clip's entry, decoded first if it is not there yet."""
         path = self._entry(sample)
         if not path.exists():
-            self.frames(sample)
+            with computing(path) as needed:  # another process may be decoding this clip now
+                if needed:
+                    info = self.probe(sample)
+                    frames = read_sample(sample, kept_indices(info.frames, self.max_frames),
+                                         self.frame_size, info)
+                    atomic_save_npy(path, frames)
         return path
 
     def _layout(self, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -317,7 +315,7 @@ class FrameCache:
 
         def one(s: Sample) -> DecodeError | None:
             try:
-                self.frames(s)
+                self._ready(s)
             except DecodeError as e:
                 return e
             return None
