@@ -193,6 +193,7 @@ def test_label_noise_judges_only_the_classes_the_probe_separates():
     (f,), _, _ = run_checks(Probes(values={"label_issues": li}), ["label_noise"])
     assert f.severity == "info" and f.evidence["clips"] == 50 and f.evidence["flagged"] == 1
     assert f.evidence["unjudged_classes"] == ["c", "d"] and "c, d" in f.remedy
+    assert f.evidence["cleaned_accuracy"] == 0.4  # the earlier evidence key stays
 
 
 def test_static_clips_scripted():

@@ -147,8 +147,7 @@ def test_stage1_checkpoints_leave_the_frozen_backbone_out(tmp_path, pair_data):
     stage[FROZEN_KEY] = "another backbone"
     torch.save(stage, ckpts / "stage1" / "last.ckpt")
     with pytest.raises(ClipdoctorError, match="frozen backbone differs"):
-        train(pair_data, cfg.model_copy(update={"train": cfg.train.model_copy(
-            update={"epochs": 3})}), tmp_path / "run", resume=True)
+        train(pair_data, cfg, tmp_path / "run", resume=True)
 
 
 def test_seeded_runs_repeat_exactly(tmp_path, pair_data):

@@ -376,7 +376,7 @@ def label_noise(probes: Probes) -> list[Finding]:
         f"out-of-fold predictions",
         {"share": share, "flagged": len(issues), "clips": clips, "judged_classes": judged,
          "unjudged_classes": unjudged, "probe_accuracy": li["probe_accuracy"],
-         "cleaned_recall": {c: per_class[c]["cleaned_recall"] for c in per_class},
+         "cleaned_accuracy": li["cleaned_accuracy"], "cleaned_recall": {c: per_class[c]["cleaned_recall"] for c in per_class},
          "cleaned_needed": CLEANED_COMPETENCE, "errors_left": round(left, 4),
          "examples": issues[:20], "warn_at": NOISE_WARN, "error_at": NOISE_ERROR,
          "method": "cleanlab find_label_issues (prune_by_noise_rate) on 5-fold logistic "
