@@ -150,6 +150,29 @@ def test_stage1_checkpoints_leave_the_frozen_backbone_out(tmp_path, pair_data):
         train(pair_data, cfg, tmp_path / "run", resume=True)
 
 
+def test_frozen_pass_matches_the_model_and_leaves_the_default_layout(tmp_path, pair_data):
+    """The feature pass runs the backbone in channels-last layout: same features as the model
+    gives on the same clips, and the weights are back in the default layout afterwards (so
+    stage 2 and checkpoints see the model as built)."""
+    from clipdoctor.data.datamodule import ClipDataModule
+    from clipdoctor.models.classifier import build_classifier
+    from clipdoctor.train.features import compute_features
+
+    cfg = _config(tmp_path)
+    model = build_classifier(cfg.model, 2).eval()
+    dm = ClipDataModule(pair_data, cfg.data, mean=model.info.mean, std=model.info.std)
+    dm.prepare()
+    samples = dm.samples[:6]
+    views = compute_features(model, dm, samples, batch_size=4)
+    ds = dm.dataset("train", train=False, samples=samples)
+    with torch.no_grad():
+        direct = model.frozen_features(torch.stack([ds[i][0] for i in range(len(samples))]))
+    got = torch.stack([torch.from_numpy(v[0]) for v in views])
+    assert torch.allclose(got, direct, atol=1e-5)
+    convs = [p for p in model.backbone.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous() for p in convs)
+
+
 def test_seeded_runs_repeat_exactly(tmp_path, pair_data):
     cfg = _config(tmp_path, **{"train.epochs": 2})
     a = train(pair_data, cfg, tmp_path / "a").metrics
