@@ -72,7 +72,7 @@ def ratio_row(result: Result, figure: str, ratio: float, target: float | None, w
 
 
 def write_result(result: Result) -> Path:
-    from clipdoctor.data.cache import atomic_write_text
+    from clipdoctor.io import atomic_write_text
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result.name}.json"

@@ -158,8 +158,9 @@ def _long_video(result: Result, root: Path, quick: bool) -> None:
 def _cache_vs_decode(result: Result, data: Path, root: Path, quick: bool) -> None:
     from clipdoctor.config import DataConfig
     from clipdoctor.data import decode
-    from clipdoctor.data.cache import FrameCache, kept_indices, read_sample
+    from clipdoctor.data.cache import FrameCache
     from clipdoctor.data.datamodule import ClipDataModule
+    from clipdoctor.data.frames import kept_indices, read_sample
     from clipdoctor.data.sources import load_source
 
     index = load_source(data)

@@ -31,7 +31,7 @@ def _child(data: str, cache: str, out: str, budget: float) -> None:
     sys.path.insert(0, str(ROOT))
     from clipdoctor.config import RunConfig, with_overrides
     from clipdoctor.data.sources import load_source
-    from clipdoctor.diagnose.registry import diagnose
+    from clipdoctor.diagnose.runner import diagnose
 
     started = time.perf_counter()
     cfg = with_overrides(RunConfig(), {"model.pretrained": False, "data.cache_dir": cache})

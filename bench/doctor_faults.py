@@ -36,7 +36,7 @@ from torch import nn
 from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate
 from clipdoctor.demo import demo_config
-from clipdoctor.diagnose.registry import diagnose
+from clipdoctor.diagnose.runner import diagnose
 
 
 class FrameCNN(nn.Module):

@@ -60,13 +60,13 @@ def _lightning_epoch_s(model, views, labels, cfg, classes: int, root) -> tuple[f
     logging, schedule, clipping, validation on the same clips), measured over 2 epochs."""
     import lightning as L
 
+    from clipdoctor.data.datamodule import make_loader
     from clipdoctor.train.features import FeatureDataset
     from clipdoctor.train.module import ClipModule
-    from clipdoctor.train.run import _loader
 
     ds = FeatureDataset(views, labels, train=True)
-    dl = _loader(ds, cfg.data.batch_size, shuffle=True, seed=0)
-    val = _loader(FeatureDataset(views, labels), cfg.data.batch_size * 4, shuffle=False, seed=0)
+    dl = make_loader(ds, cfg.data.batch_size, shuffle=True, seed=0)
+    val = make_loader(FeatureDataset(views, labels), cfg.data.batch_size * 4)
     module = ClipModule(model, classes, cfg.train, cached=True, steps_per_epoch=len(dl))
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from clipdoctor.data.cache import atomic_write_text
 from clipdoctor.data.datamodule import ClipDataModule
 from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import PAIRS, generate
 from clipdoctor.demo import DEMO_OVERRIDES, demo_config
+from clipdoctor.io import atomic_write_text
 from clipdoctor.train.evaluate import clip_scores
 from clipdoctor.train.run import train
 

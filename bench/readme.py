@@ -138,7 +138,7 @@ def render() -> str:
 
 
 def write_readme() -> Path:
-    from clipdoctor.data.cache import atomic_write_text
+    from clipdoctor.io import atomic_write_text
 
     path = BENCH / "README.md"
     atomic_write_text(path, render())

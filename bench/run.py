@@ -77,7 +77,7 @@ def main() -> None:
             previous["parts"] = [rerun.pop(p["name"], p) for p in previous.get("parts", [])]
             previous["parts"] += list(rerun.values())
             run = previous
-        from clipdoctor.data.cache import atomic_write_text
+        from clipdoctor.io import atomic_write_text
 
         atomic_write_text(record, json.dumps(run, indent=1))
         print(f"all parts in {run['wall_s']:.0f} s")

@@ -23,7 +23,7 @@ _LAZY = {
     "train": ("clipdoctor.train.run", "train"),
     "evaluate": ("clipdoctor.train.evaluate", "evaluate"),
     "predict": ("clipdoctor.train.evaluate", "predict"),
-    "diagnose": ("clipdoctor.diagnose.registry", "diagnose"),
+    "diagnose": ("clipdoctor.diagnose.runner", "diagnose"),
     "repair": ("clipdoctor.diagnose.repair", "repair"),
     "Report": ("clipdoctor.diagnose.findings", "Report"),
     "Finding": ("clipdoctor.diagnose.findings", "Finding"),

@@ -93,6 +93,7 @@ def _print_metrics(console: Console, title: str, m: dict) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from clipdoctor.report.terminal import progress_bar
     from clipdoctor.train.run import train
 
     config = _run_config(args)
@@ -100,7 +101,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = _run_config(args, load_config(args.out / "config.yaml"))
     data = _load_data(args.data, config)
     console = Console(soft_wrap=True)
-    run = train(data, config, args.out, resume=args.resume, progress=console.is_terminal,
+    run = train(data, config, args.out, resume=args.resume,
+                progress=progress_bar if console.is_terminal else None,
                 on_event=lambda msg: console.print(f"[dim]{msg}[/]"))
     if not run.metrics:  # a DDP process other than rank 0: rank 0 reports
         return 0
@@ -112,8 +114,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from clipdoctor.io import atomic_write_text
     from clipdoctor.train.evaluate import evaluate, load_run
-    from clipdoctor.data.cache import atomic_write_text
 
     config = load_run(args.run).config
     data = _load_data(args.data, config)
@@ -167,7 +169,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from clipdoctor.diagnose.findings import SEVERITIES
-    from clipdoctor.diagnose.registry import diagnose
+    from clipdoctor.diagnose.runner import diagnose
     from clipdoctor.report.terminal import print_report
 
     if args.run is not None and args.config is not None:
@@ -217,6 +219,7 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from clipdoctor.data.cache import FrameCache
+    from clipdoctor.data.frames import FrameSource
     from clipdoctor.data.sources import load_source
     from clipdoctor.data.summary import summarize
     from clipdoctor.errors import DataError
@@ -224,9 +227,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     index = load_source(args.data, args.format, fold=args.fold, seed=args.split_seed,
                         strict=args.strict, allow_outside_root=args.allow_outside_root)
-    cache = None if args.no_cache else FrameCache(args.cache_dir)
+    frames = FrameSource(None if args.no_cache else FrameCache(args.cache_dir))
     with progress_bar("probing clips") as progress:
-        summary = summarize(index, cache, progress=progress)
+        summary = summarize(index, frames, progress=progress)
     if args.strict and summary["skipped"]:
         first = summary["skipped"][0]
         raise DataError(f"{first['path']}: {first['reason']} ({len(summary['skipped'])} "
@@ -270,8 +273,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from clipdoctor.demo import BROKEN_DATA, DEMO_OVERRIDES, diagnose_demo, run_demo
-    from clipdoctor.report.terminal import print_report
+    from clipdoctor.data.synthetic import generate
+    from clipdoctor.demo import BROKEN_DATA, DEMO_OVERRIDES, demo_data, diagnose_demo, run_demo
+    from clipdoctor.report.terminal import print_report, progress_bar
 
     started = time.perf_counter()
     console = Console(soft_wrap=True)
@@ -279,7 +283,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.broken:
         for key, value in BROKEN_DATA.items():
             setattr(args, key, value)
-    root = _generate(args.out / "data", args)
+    sizes = demo_data(broken=args.broken, clips_per_class=args.clips_per_class,
+                      test_clips_per_class=args.test_clips_per_class)
+    # generate() refuses bad sizes with one line (DataError)
+    with progress_bar("writing demo clips") as progress:
+        root = Path(generate(args.out / "data", frames=args.frames, size=args.size,
+                             imbalance=args.imbalance, label_noise=args.label_noise,
+                             corrupt=args.corrupt, seed=args.seed, progress=progress,
+                             **sizes).root)
     console.print(f"wrote {root} (time-reversed motion pairs: only frame order tells them apart)")
     info = argparse.Namespace(data=str(root), format=None, fold=1, split_seed=0, strict=False,
                               allow_outside_root=False,
@@ -294,6 +305,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                           progress=console.is_terminal,
                           say=lambda m: console.print(f"[dim]{m}[/]"))
         console.rule("clipdoctor demo: 3. test split")
+        if sizes.get("test_clips_per_class"):
+            console.print(f"[dim]test split: {sizes['test_clips_per_class']} held-out clips per "
+                          "class, never trained on; one seed's figure (README, \"The demo\": "
+                          "its spread over seeds)[/]")
         for name, m in (("CNN-LSTM (grid + feature diff + bilstm)", result.metrics),
                         ("order-blind baseline (meanpool)", result.baseline_metrics),
                         ("seed recipe (gap + bilstm)", result.gap_metrics or {})):
@@ -394,7 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds for the diagnosis (default 60: the demo data is small)")
     _synth_options(p)
-    p.set_defaults(func=_cmd_demo)
+    p.add_argument("--test-clips-per-class", type=int,
+                   help="held-out test clips per class (default 80, beside 32 training and 4 "
+                        "validation clips per class; 0: 40 clips per class split 80/10/10, as "
+                        "with --broken)")
+    # --clips-per-class: the training clips, 32 by default (40 without a test split): demo_data
+    p.set_defaults(func=_cmd_demo, clips_per_class=None)
     return parser
 
 

@@ -171,6 +171,6 @@ def with_overrides(config: RunConfig, overrides: dict[str, object]) -> RunConfig
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    from clipdoctor.data.cache import atomic_write_text
+    from clipdoctor.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,48 +1,44 @@
-"""Decoded-frame cache: each clip is decoded once into a memory-mapped uint8 `.npy` file.
+"""The caches under one folder (`default_cache_dir`), every entry keyed by `sample_key`.
 
-An entry is keyed by a hash of the file (absolute path, size, modification time) and the
-parameters that produced it (frame size, frames kept), so it is reused across epochs and runs
-and silently replaced when the file changes. Entries are written to a temporary file in the
-same folder and renamed into place, so two processes filling one cache never see half an
-entry (the rename is atomic). While an entry is computed its process holds an exclusive lock
-on `<entry>.lock` (`EntryLock`): a second run, or another DDP rank, that needs the same entry
-waits for it and reads it instead of computing it again.
+- `FrameCache`: each clip decoded once into a memory-mapped uint8 `.npy` entry, and its probe
+  result (frame count, size, timestamps) as a small JSON entry. What is stored:
+  `min(frames in the clip, max_frames)` frames spread uniformly over the whole clip
+  (`frames.kept_indices`), each resized (short side) and centre-cropped to `frame_size` x
+  `frame_size`; the clip sampler then picks T of those (with jitter when training). Read
+  frames through `frames.FrameSource`, which falls back to decoding when there is no cache.
+- `FeatureCache`: per-clip arrays a frozen network computed (stage 1 of training).
 
-What is stored: `min(frames in the clip, max_frames)` frames spread uniformly over the whole
-clip, each resized (short side) and centre-cropped to `frame_size` x `frame_size`. The clip
-sampler then picks T of those frames (with jitter when training). Probe results (frame
-counts, sizes, timestamps) are cached the same way as small JSON files.
+A key hashes the file (absolute path, size, modification time; every file of a frame folder)
+and the parameters that produced the entry, so an entry is reused across epochs and runs and
+silently replaced when the file changes. Entries are written whole or not at all and computed
+by one process at a time (`clipdoctor.io`: atomic renames, `EntryLock`): a second run, or
+another DDP rank, that needs the same entry waits for it and reads it instead of computing it
+again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
 import stat
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from clipdoctor.data import decode
 from clipdoctor.data.decode import VideoInfo
-from clipdoctor.data.sources import Sample
+from clipdoctor.data.frames import kept_indices, probe_sample, read_sample
+from clipdoctor.data.source_index import Sample
 from clipdoctor.errors import DecodeError
+from clipdoctor.io import EntryLock, atomic_save_npy, atomic_write_text, computing
 
 log = logging.getLogger(__name__)
 
 _VERSION = 1  # bump when the stored layout changes: old entries are then simply not found
-
-try:  # POSIX advisory locks; elsewhere entries stay whole (atomic renames) but may be computed twice
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 
 def default_cache_dir() -> Path:
@@ -66,132 +62,6 @@ def sample_key(sample: Sample, **params: object) -> str:
                               for p in decode.list_frame_files(sample.path)]
     blob = json.dumps({"v": _VERSION, **ident, **params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write an .npy file under a temporary name in the same folder, then rename it into place."""
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getbuffer())
-
-
-_UMASK = os.umask(0o022)  # read once, at import (setting it is the only portable way to read it)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write a file under a temporary name in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shared caches and runs
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
-class EntryLock:
-    """Exclusive lock on one cache entry while it is computed: `fcntl.flock` on `<entry>.lock`.
-
-    Why: two runs (or two DDP ranks) sharing a cache folder would otherwise both compute an
-    entry neither finds yet. The lock file is removed by its holder before release; a process
-    that locked a file meanwhile unlinked sees a different inode at the path and tries again,
-    so at most one process holds the lock of an entry at a time. The kernel drops the lock of
-    a process that dies, so a crash never leaves an entry locked. Where locks are unavailable
-    (no fcntl, or a filesystem without flock support) the lock degrades to a no-op: entries
-    stay whole, only the work may be done twice.
-    """
-
-    _warned = False
-
-    def __init__(self, entry: Path) -> None:
-        self.path = entry.with_name(entry.name + ".lock")
-        self._fd: int | None = None
-
-    def acquire(self, blocking: bool = True) -> bool:
-        """Take the lock; with `blocking=False` return False at once when another holds it."""
-        if fcntl is None:
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, flags)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            except OSError as e:  # e.g. ENOLCK: a network filesystem without lock support
-                os.close(fd)
-                if not EntryLock._warned:
-                    log.warning("cache locks unavailable under %s (%s): concurrent runs may "
-                                "compute an entry twice", self.path.parent, e.strerror or e)
-                    EntryLock._warned = True
-                return True
-            try:
-                held = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                held = False
-            if held:
-                self._fd = fd
-                return True
-            os.close(fd)  # the holder we waited for removed this file: lock the new one
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        self.path.unlink(missing_ok=True)  # while still held: see the class docstring
-        os.close(self._fd)  # closing the descriptor drops the flock
-        self._fd = None
-
-    def __enter__(self) -> EntryLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-@contextlib.contextmanager
-def computing(entry: Path) -> Iterator[bool]:
-    """Lock `entry` for computing it; yields False when it exists (done while this waited)."""
-    with EntryLock(entry):
-        yield not entry.exists()
-
-
-def probe_sample(sample: Sample) -> VideoInfo:
-    """Probe without a cache: arrays from their shape, files through `decode.probe`."""
-    if sample.array is not None:
-        t, h, w = sample.array.shape[:3]
-        if t == 0:
-            raise DecodeError(sample.name, "array clip holds no frames")
-        return VideoInfo(t, w, h)
-    return decode.probe(sample.path)
-
-
-def read_sample(sample: Sample, indices: list[int] | np.ndarray, size: int | None,
-                info: VideoInfo | None = None) -> np.ndarray:
-    """Frames of any sample kind at `indices` as (len, H, W, 3) uint8 (square when `size`)."""
-    if sample.array is not None:
-        frames = [decode.to_rgb(sample.array[i]) for i in indices]
-        if size is not None:
-            frames = [decode.resize_square(f, size) for f in frames]
-        return np.stack(frames)
-    return decode.read_frames(sample.path, list(indices), size=size, info=info)
-
-
-def kept_indices(num_frames: int, max_frames: int) -> np.ndarray:
-    """Which frames of a clip the cache keeps: all of them, or max_frames spread uniformly."""
-    if num_frames <= max_frames:
-        return np.arange(num_frames)
-    return np.round(np.linspace(0, num_frames - 1, max_frames)).astype(np.int64)
 
 
 def _read_probe(path: Path) -> VideoInfo | None:

@@ -11,43 +11,56 @@ so a run repeats exactly whatever the number of loader workers.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import lightning as L
 import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from clipdoctor.config import DataConfig
-from clipdoctor.data.cache import FrameCache, probe_sample, read_sample
+from clipdoctor.data.cache import FrameCache
+from clipdoctor.data.frames import FrameSource
 from clipdoctor.data.sampling import sample_indices
 from clipdoctor.data.sources import SourceIndex, Sample, Skipped
 from clipdoctor.data.transforms import AugmentSpec, eval_transform, train_transform
 from clipdoctor.errors import DataError, DecodeError
 
-if TYPE_CHECKING:
-    from clipdoctor.train.distributed import Ranks
-
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Shards(Protocol):
+    """The processes of a DDP run as `ClipDataModule.prepare` splits work across them
+    (`clipdoctor.train.distributed.Ranks` is one); every rank must make the same calls."""
+
+    @property
+    def world_size(self) -> int: ...
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's part of `items`: disjoint from the other ranks', together all items."""
+        ...
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order; also waits for all ranks."""
+        ...
 
 
 class ClipDataset(Dataset):
-    """Samples -> clips. With a cache, frames come from memory-mapped arrays; without one, only
-    the sampled frames of each clip are decoded (seeking in video files)."""
+    """Samples -> clips of `frames` steps, read through `source`: with a cache from its entries,
+    without one only the sampled frames of each clip are decoded (seeking in video files)."""
 
     def __init__(self, samples: Sequence[Sample], *, frames: int, train: bool,
-                 transform: Callable[[torch.Tensor], torch.Tensor],
-                 cache: FrameCache | None = None, frame_size: int = 128, sampler: str = "uniform",
-                 stride: int = 2, max_stride: int = 4, short: str = "repeat", num_clips: int = 1,
-                 seed: int = 0) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor], source: FrameSource,
+                 sampler: str = "uniform", stride: int = 2, max_stride: int = 4,
+                 short: str = "repeat", num_clips: int = 1, seed: int = 0) -> None:
         self.samples = list(samples)
-        self.frames, self.train, self.transform = frames, train, transform
-        self.cache, self.frame_size = cache, frame_size
+        self.frames, self.train, self.transform, self.source = frames, train, transform, source
         self.sampler, self.stride, self.max_stride, self.short = sampler, stride, max_stride, short
         self.num_clips = num_clips
         self.seed, self.epoch = seed, 0
-        self._infos: dict[int, object] = {}
 
     def set_epoch(self, epoch: int) -> None:
         """New random frames and crops each epoch (training); evaluation ignores it."""
@@ -68,17 +81,8 @@ class ClipDataset(Dataset):
                   num_clips=self.num_clips, short=self.short)
         if self.sampler == "dense":
             kw.update(stride=self.stride, max_stride=self.max_stride)
-        if self.cache is not None:
-            num = self.cache.count(sample)
-        else:
-            info = self._infos.get(i // self.num_clips) or probe_sample(sample)
-            self._infos[i // self.num_clips] = info
-            num = info.frames
-        picked = sample_indices(self.sampler, num, self.frames, **kw)
-        if self.cache is not None:
-            frames = self.cache.take(sample, picked.indices)  # (T, S, S, 3) uint8
-        else:
-            frames = read_sample(sample, picked.indices, self.frame_size, info)
+        picked = sample_indices(self.sampler, self.source.count(sample), self.frames, **kw)
+        frames = self.source.frames(sample, picked.indices)  # (T, S, S, 3) uint8
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)
         with torch.random.fork_rng(devices=[]):
             # the CPU generator alone (the transforms run on CPU): torch.manual_seed would also
@@ -138,6 +142,15 @@ class EpochSampler(DistributedSampler):
         return self.num_samples
 
 
+def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                weights: torch.Tensor | None = None, num_workers: int = 0) -> DataLoader:
+    """A loader over `ds`: with `shuffle` in the order `EpochSampler` draws from (seed, epoch),
+    class-balanced when per-item `weights` are given; else in order."""
+    sampler = EpochSampler(ds, seed, weights) if shuffle else None
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     """scikit-learn's 'balanced' weights, n / (k * count); classes absent from labels get 0."""
     labels = np.asarray(labels)
@@ -153,7 +166,8 @@ class ClipDataModule(L.LightningDataModule):
 
     `prepare()` probes and decodes every clip once into the frame cache (with a progress
     callback); clips that cannot be decoded are dropped and listed in `skipped` (or stop the
-    run with `strict`).
+    run with `strict`). `frames` is how everything reads a clip's frames (the cache when the
+    config enables it, else decoding).
     """
 
     def __init__(self, index: SourceIndex, config: DataConfig, *, mean: Sequence[float] | None = None,
@@ -165,8 +179,10 @@ class ClipDataModule(L.LightningDataModule):
         self.std = tuple(std) if std is not None else None
         self.balanced_sampler = balanced_sampler
         self.progress = progress
-        self.cache = (FrameCache(config.cache_dir, frame_size=config.frame_size,
-                                 max_frames=config.cache_frames) if config.cache else None)
+        cache = (FrameCache(config.cache_dir, frame_size=config.frame_size,
+                            max_frames=config.cache_frames) if config.cache else None)
+        self.frames = FrameSource(cache, frame_size=config.frame_size,
+                                  cache_frames=config.cache_frames)
         excluded = set(config.exclude)
         self.samples: list[Sample] = [s for s in index.samples if s.name not in excluded]
         self.skipped: list[Skipped] = list(index.skipped) + [
@@ -177,7 +193,7 @@ class ClipDataModule(L.LightningDataModule):
     def classes(self) -> list[str]:
         return self.index.classes
 
-    def prepare(self, *, ranks: Ranks | None = None) -> None:
+    def prepare(self, *, ranks: Shards | None = None) -> None:
         """Decode everything once (cache) or probe everything (no cache); drop what fails.
 
         With `ranks` of a DDP run (every rank must call it then) each rank decodes its shard
@@ -187,14 +203,15 @@ class ClipDataModule(L.LightningDataModule):
         if self._prepared:
             return
         failed: list[tuple[Sample, DecodeError]] = []
-        if self.cache is not None and ranks is not None and ranks.world_size > 1:
-            failed = self._fill_sharded(ranks)
-        elif self.cache is not None:
-            failed = self.cache.fill(self.samples, progress=self.progress)
+        cache = self.frames.cache
+        if cache is not None and ranks is not None and ranks.world_size > 1:
+            failed = self._fill_sharded(cache, ranks)
+        elif cache is not None:
+            failed = cache.fill(self.samples, progress=self.progress)
         else:
             for s in self.samples:
                 try:
-                    probe_sample(s)
+                    self.frames.probe(s)
                 except DecodeError as e:
                     failed.append((s, e))
         if failed and self.config.strict:
@@ -206,17 +223,16 @@ class ClipDataModule(L.LightningDataModule):
         self.skipped += [Skipped(s.name, e.reason) for s, e in failed]
         self._prepared = True
 
-    def _fill_sharded(self, ranks: Ranks) -> list[tuple[Sample, DecodeError]]:
-        assert self.cache is not None
+    def _fill_sharded(self, cache: FrameCache, ranks: Shards) -> list[tuple[Sample, DecodeError]]:
         mine = ranks.shard(list(range(len(self.samples))))
         position = {id(self.samples[i]): i for i in mine}
-        errors = self.cache.fill([self.samples[i] for i in mine], progress=self.progress)
+        errors = cache.fill([self.samples[i] for i in mine], progress=self.progress)
         local = [(position[id(s)], e.path, e.reason) for s, e in errors]
         bad = {i: DecodeError(path, reason)
                for part in ranks.all_gather(local) for i, path, reason in part}
         rest = [s for i, s in enumerate(self.samples) if i not in bad]
         failed = [(self.samples[i], e) for i, e in sorted(bad.items())]
-        return failed + self.cache.fill(rest)  # cache hits, unless the cache is not shared
+        return failed + cache.fill(rest)  # cache hits, unless the cache is not shared
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
@@ -241,18 +257,13 @@ class ClipDataModule(L.LightningDataModule):
         if num_clips is None:
             num_clips = 1 if train else c.eval_clips
         return ClipDataset(samples, frames=c.frames, train=train, transform=transform,
-                           cache=self.cache, frame_size=c.frame_size, sampler=c.sampler,
-                           stride=c.stride, max_stride=c.max_stride, short=c.short,
-                           num_clips=num_clips, seed=self.seed if seed is None else seed)
+                           source=self.frames, sampler=c.sampler, stride=c.stride,
+                           max_stride=c.max_stride, short=c.short, num_clips=num_clips,
+                           seed=self.seed if seed is None else seed)
 
     def class_weights(self) -> torch.Tensor:
         labels = [s.label for s in self.samples if s.split == "train"]
         return class_weights(labels, len(self.classes))
-
-    def _loader(self, ds: ClipDataset, *, sampler: Sampler | None = None) -> DataLoader:
-        c = self.config
-        return DataLoader(ds, batch_size=c.batch_size, sampler=sampler, shuffle=False,
-                          num_workers=c.num_workers, persistent_workers=c.num_workers > 0)
 
     def item_weights(self, labels: Sequence[int]) -> torch.Tensor | None:
         """Per-item class weights for a class-balanced sampler, or None when not balancing."""
@@ -261,11 +272,13 @@ class ClipDataModule(L.LightningDataModule):
         return self.class_weights()[torch.as_tensor(list(labels), dtype=torch.long)]
 
     def train_dataloader(self) -> DataLoader:
+        """Training clips in the (seed, epoch) order, class-balanced with `balanced_sampler`."""
         ds = self.dataset("train")
-        return self._loader(ds, sampler=EpochSampler(ds, self.seed, self.item_weights(ds.labels())))
+        return make_loader(ds, self.config.batch_size, shuffle=True, seed=self.seed,
+                           weights=self.item_weights(ds.labels()),
+                           num_workers=self.config.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"))
+        """Validation clips in order, evaluation view."""
+        return make_loader(self.dataset("val"), self.config.batch_size,
+                           num_workers=self.config.num_workers)

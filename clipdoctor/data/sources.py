@@ -8,7 +8,7 @@ later (`clipdoctor.data.summary` probes every file and reports those that cannot
 This module is the front door: format detection, `load_source` and `from_arrays`, and the types
 they return (re-exported from `source_index`). Each layout is one small "lister" in its own
 module of `clipdoctor.data.layouts`, registered in `FORMATS`; a lister returns the raw entries
-(path or array, label, split given by the layout or None) and the shared `_finish` step
+(path or array, label, split given by the layout or None) and the shared `finish` step
 (`layouts/registry.py`) turns them into a `SourceIndex`: it makes the splits the layout does not
 give (`splits.py`: seeded, stratified by label, keeping a source group such as UCF101's
 `v_<Class>_g<GG>` on one side).
@@ -22,14 +22,14 @@ from typing import Sequence
 
 import numpy as np
 
-from clipdoctor.data.layouts.files import _csv_header, _describe, _resolve_root, _visible
-from clipdoctor.data.layouts.folder import _has_class_folders
-from clipdoctor.data.layouts.hmdb51 import _hmdb_split_files
-from clipdoctor.data.layouts.kinetics import _is_kinetics_header
-from clipdoctor.data.layouts.manifest import _manifest_columns
-from clipdoctor.data.layouts.npz import _list_arrays
-from clipdoctor.data.layouts.registry import FORMATS, _finish, _layouts_line
-from clipdoctor.data.layouts.ucf101 import _ucf_lists_dir
+from clipdoctor.data.layouts.files import csv_header, describe, resolve_root, visible
+from clipdoctor.data.layouts.folder import has_class_folders
+from clipdoctor.data.layouts.hmdb51 import hmdb_split_files
+from clipdoctor.data.layouts.kinetics import is_kinetics_header
+from clipdoctor.data.layouts.manifest import manifest_columns
+from clipdoctor.data.layouts.npz import list_arrays
+from clipdoctor.data.layouts.registry import FORMATS, finish, layouts_line
+from clipdoctor.data.layouts.ucf101 import ucf_lists_dir
 from clipdoctor.data.source_index import (IMAGE_SUFFIXES, SPLITS, VIDEO_SUFFIXES, Sample,
                                           Skipped, SourceIndex)
 from clipdoctor.errors import DataError
@@ -42,35 +42,35 @@ __all__ = [
 
 def detect_format(root: Path) -> str:
     """Name the layout of `root` (a folder, a .csv or an .npz), in the order of DESIGN §2."""
-    root = _resolve_root(root)
+    root = resolve_root(root)
     if root.is_file():
         suffix = root.suffix.lower()
         if suffix == ".npz":
             return "npz"
         if suffix == ".csv":
-            return "kinetics" if _is_kinetics_header(_csv_header(root)) else "csv"
+            return "kinetics" if is_kinetics_header(csv_header(root)) else "csv"
         raise DataError(f"{root} is a '{suffix or 'plain'}' file; DATA must be a dataset folder, "
-                        f"a CSV manifest (.csv) or an .npz file ({_layouts_line()})")
-    entries = _visible(root)
+                        f"a CSV manifest (.csv) or an .npz file ({layouts_line()})")
+    entries = visible(root)
     if not entries:
-        raise DataError(f"{root} is empty; expected one of the layouts: {_layouts_line()}")
-    if _ucf_lists_dir(root) is not None:
+        raise DataError(f"{root} is empty; expected one of the layouts: {layouts_line()}")
+    if ucf_lists_dir(root) is not None:
         return "ucf101"
-    if _hmdb_split_files(root):
+    if hmdb_split_files(root):
         return "hmdb51"
     if (root / "labels.json").is_file() and (root / "train.json").is_file():
         return "ssv2"
     csvs = [p for p in entries if p.is_file() and p.suffix.lower() == ".csv"]
-    if any(_is_kinetics_header(_csv_header(p)) for p in csvs):
+    if any(is_kinetics_header(csv_header(p)) for p in csvs):
         return "kinetics"
-    if any(_manifest_columns(_csv_header(p)) for p in csvs):
+    if any(manifest_columns(csv_header(p)) for p in csvs):
         return "csv"
     if len([p for p in entries if p.is_file() and p.suffix.lower() == ".npz"]) == 1:
         return "npz"
-    if _has_class_folders(root):
+    if has_class_folders(root):
         return "folder"
-    raise DataError(f"cannot tell the layout of {root}: found {_describe(entries)} but no known "
-                    f"layout; expected one of: {_layouts_line()}; or pass --format NAME "
+    raise DataError(f"cannot tell the layout of {root}: found {describe(entries)} but no known "
+                    f"layout; expected one of: {layouts_line()}; or pass --format NAME "
                     f"(one of {', '.join(FORMATS)})")
 
 
@@ -83,7 +83,7 @@ def load_source(root: str | Path, format: str | None = None, *, fold: int = 1, s
     With `strict`, any file that had to be skipped is an error instead of a note. Paths in
     annotation files (manifests, split lists) must stay inside the root (no `..`, absolute
     paths or symbolic links out) unless `allow_outside_root`."""
-    path = _resolve_root(root)
+    path = resolve_root(root)
     _check_options(fold, val_fraction, test_fraction)
     name = detect_format(path) if format is None else _format_name(format)
     index = FORMATS[name](path, fold=fold, seed=seed, val_fraction=val_fraction,
@@ -129,5 +129,5 @@ def from_arrays(X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None
     if classes is not None:
         arrays["classes"] = np.asarray(list(classes), dtype=str)
     _check_options(1, val_fraction, test_fraction)
-    return _finish("arrays", Path.cwd(), _list_arrays(arrays, "arrays"), seed, val_fraction,
-                   test_fraction)
+    return finish("arrays", Path.cwd(), list_arrays(arrays, "arrays"), seed, val_fraction,
+                  test_fraction)

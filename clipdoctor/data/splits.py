@@ -1,7 +1,7 @@
 """Splits a layout does not give: seeded, stratified by label, keeping a source group (UCF101's
 `v_<Class>_g<GG>`) on one side.
 
-`_finish` (`clipdoctor.data.layouts.registry`) calls these on every listing; they are pure
+`finish` (`clipdoctor.data.layouts.registry`) calls these on every listing; they are pure
 functions of the labels, group keys and seed, so the same seed always gives the same split.
 """
 
@@ -13,17 +13,17 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-_UCF_GROUP = re.compile(r"^v_(.+)_g(\d+)_c(\d+)$")
+UCF_GROUP = re.compile(r"^v_(.+)_g(\d+)_c(\d+)$")  # a UCF101 clip name: class, group, clip
 
 
-def _group_of(name: str) -> str | None:
+def group_of(name: str) -> str | None:
     """`v_<Class>_g<GG>_c<CC>` -> `<Class>_g<GG>` (the UCF101 source group), else None."""
-    match = _UCF_GROUP.match(PurePosixPath(name).stem)
+    match = UCF_GROUP.match(PurePosixPath(name).stem)
     return f"{match.group(1)}_g{match.group(2)}" if match else None
 
 
-def _assign_splits(labels: list[int], keys: list[str], given: list[str | None], seed: int,
-                   val_fraction: float, test_fraction: float) -> list[str]:
+def assign_splits(labels: list[int], keys: list[str], given: list[str | None], seed: int,
+                  val_fraction: float, test_fraction: float) -> list[str]:
     """Each clip's split: as given; with none given, seeded 80/10/10; without val, val from train.
 
     Clips without a given split, beside clips with one, go to train."""

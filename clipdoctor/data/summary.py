@@ -1,8 +1,9 @@
 """What a dataset holds (`clipdoctor info`): classes, counts per split, frame / duration /
 resolution / fps ranges, and every file that cannot be read with the reason.
 
-Every clip is probed (frames counted from the container's packets, the first frame decoded),
-through the probe cache when one is given, so a second `info` is instant.
+Every clip is probed (frames counted from the container's packets, the first frame decoded;
+every image of a frame folder loaded), through the probe cache when the `FrameSource` has one,
+so a second `info` is instant.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from clipdoctor.data.cache import FrameCache, probe_sample
 from clipdoctor.data.decode import VideoInfo
+from clipdoctor.data.frames import FrameSource
 from clipdoctor.data.sources import SPLITS, Sample, SourceIndex
 from clipdoctor.errors import DecodeError
 
@@ -20,14 +21,16 @@ def _range(values: list[float]) -> dict | None:
     return {"min": min(values), "max": max(values)} if values else None
 
 
-def probe_all(samples: list[Sample], cache: FrameCache | None = None, *, workers: int = 2,
+def probe_all(samples: list[Sample], frames: FrameSource | None = None, *, workers: int = 2,
               progress: Callable[[int, int], None] | None = None
               ) -> list[VideoInfo | DecodeError]:
-    """Probe every sample (in threads: PyAV releases the GIL); errors are returned, not raised."""
+    """Probe every sample (in threads: PyAV releases the GIL); errors are returned, not raised.
+    Without `frames`, nothing is cached."""
+    frames = frames or FrameSource()
 
     def one(s: Sample) -> VideoInfo | DecodeError:
         try:
-            return cache.probe(s) if cache is not None else probe_sample(s)
+            return frames.probe(s)
         except DecodeError as e:
             return e
 
@@ -40,10 +43,10 @@ def probe_all(samples: list[Sample], cache: FrameCache | None = None, *, workers
     return out
 
 
-def summarize(index: SourceIndex, cache: FrameCache | None = None, *, workers: int = 2,
+def summarize(index: SourceIndex, frames: FrameSource | None = None, *, workers: int = 2,
               progress: Callable[[int, int], None] | None = None) -> dict:
     """The `info --json` object of DESIGN §2 (counts only readable clips; the rest is skipped)."""
-    results = probe_all(index.samples, cache, workers=workers, progress=progress)
+    results = probe_all(index.samples, frames, workers=workers, progress=progress)
     ok = [(s, r) for s, r in zip(index.samples, results) if isinstance(r, VideoInfo)]
     skipped = [{"path": sk.path, "reason": sk.reason} for sk in index.skipped]
     skipped += [{"path": s.name, "reason": r.reason}

@@ -10,6 +10,8 @@ this data useful for testing temporal models and the doctor's order-sensitivity 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -35,6 +37,10 @@ CLASSES: tuple[str, ...] = tuple(c for pair in PAIRS for c in pair)
 # Broken-file kinds planted by `generate(corrupt=...)`, used in this cycling order.
 CORRUPT_KINDS: tuple[str, ...] = ("text", "empty", "truncated", "no-video")
 MANIFEST = "synthetic.json"
+# Written only with `generate(val_clips_per_class=..., test_clips_per_class=...)`: a CSV manifest
+# (path,label,split) that the loaders read before the class folders, so the held-out clips are
+# the val and test splits.
+SPLITS = "splits.csv"
 
 # class -> (forward class of its pair, whether its frames are reversed)
 _FAMILY = {c: (pair[0], i == 1) for pair in PAIRS for i, c in enumerate(pair)}
@@ -246,8 +252,9 @@ def _write_corrupt(path: Path, kind: str, clip: Callable[[], np.ndarray], fps: f
 
 @dataclass(frozen=True)
 class GeneratedDataset:
-    """What `generate` wrote. `counts` are files per class folder (what a loader sees);
-    `clips` are the manifest records; `noisy` and `corrupt` are absolute paths of faulty files."""
+    """What `generate` wrote. `counts` are files per class folder (what a loader sees, test
+    clips included); `clips` are the manifest records; `noisy` and `corrupt` are absolute paths
+    of faulty files."""
 
     root: Path
     classes: tuple[str, ...]
@@ -284,7 +291,11 @@ def _prepare(out: Path) -> None:
     if not (out / MANIFEST).is_file():
         raise DataError(f"{out} is not empty and holds no {MANIFEST}; "
                         "choose an empty or new folder for the demo data")
-    old = [out / r["path"] for r in json.loads((out / MANIFEST).read_text()).get("clips", [])]
+    manifest = json.loads((out / MANIFEST).read_text())
+    old = [out / r["path"] for r in manifest.get("clips", [])]
+    params = manifest.get("params", {})
+    if params.get("val_clips_per_class") or params.get("test_clips_per_class"):
+        (out / SPLITS).unlink(missing_ok=True)
     for path in old:
         path.unlink(missing_ok=True)
     for folder in {p.parent for p in old}:  # an empty class folder would still read as a class
@@ -296,6 +307,7 @@ def _prepare(out: Path) -> None:
 def generate(out: str | Path, *, clips_per_class: int = 40, frames: int = 16, size: int = 64,
              fps: float = 12.0, imbalance: float = 1.0, label_noise: float = 0.0,
              corrupt: float = 0.0, seed: int = 0, classes: Sequence[str] | None = None,
+             val_clips_per_class: int = 0, test_clips_per_class: int = 0,
              progress: Callable[[int, int], None] | None = None) -> GeneratedDataset:
     """Write the demo dataset: `out/<class>/<class>_NNNN.mp4` plus `out/synthetic.json`.
 
@@ -312,6 +324,14 @@ def generate(out: str | Path, *, clips_per_class: int = 40, frames: int = 16, si
     numbers inside a folder are shuffled, so a name never hints at a fault. Re-running into an
     earlier output replaces it; any other non-empty folder is refused. Clip (class c, number i)
     is rendered with `clip_rng(seed, c, i)`, recorded as `index` in the manifest.
+    - `val_clips_per_class` v, `test_clips_per_class` m: v + m more clips per class, clean (no
+      noise, no faults, no imbalance; indices `clips_per_class` onwards, val first, numbered
+      after the class's other files), and `out/splits.csv` (path,label,split), which loaders
+      read before the class folders: these clips are the val and test splits, the
+      `clips_per_class` ones are train. Records then carry a `split`. With v = 0 the loader
+      carves val out of train by its fraction of each class's total, test clips included; with
+      m = 0 there is no test split. With both 0 (default) none of this is written and the
+      output is as before.
     `progress(done, total)` is called after each file; the manifest is written last.
     """
     classes = tuple(CLASSES if classes is None else classes)
@@ -325,6 +345,10 @@ def generate(out: str | Path, *, clips_per_class: int = 40, frames: int = 16, si
         raise DataError(
             "need clips_per_class >= 2, imbalance >= 1, frames >= 2, an even size >= 16, fps > 0 "
             f"and seed >= 0; got {clips_per_class}, {imbalance}, {frames}, {size}, {fps}, {seed}")
+    for name, n in (("val_clips_per_class", val_clips_per_class),
+                    ("test_clips_per_class", test_clips_per_class)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise DataError(f"{name} must be an integer >= 0; got {n!r}")
     if not (0 <= label_noise <= 1 and 0 <= corrupt <= 1 and label_noise + corrupt <= 1):
         raise DataError(f"label_noise and corrupt must lie in [0, 1] with a sum <= 1; "
                         f"got {label_noise} and {corrupt}")
@@ -351,6 +375,11 @@ def generate(out: str | Path, *, clips_per_class: int = 40, frames: int = 16, si
         members = [j for j in range(len(plan)) if labels[j] == c]
         for number, j in enumerate(rng.permutation(members).tolist()):
             names[j] = f"{c}/{c}_{number:04d}.mp4"
+    # held-out val and test clips: clean, numbered after each folder's other files
+    held = ["val"] * val_clips_per_class + ["test"] * test_clips_per_class
+    held_plan = [(c, clips_per_class + k, split) for c in classes for k, split in enumerate(held)]
+    numbered = {c: labels.count(c) for c in classes}
+    total = len(plan) + len(held_plan)
     records = []
     for done, ((true, index), label, fault, name) in enumerate(zip(plan, labels, faults, names), 1):
         path = out / name
@@ -363,10 +392,28 @@ def generate(out: str | Path, *, clips_per_class: int = 40, frames: int = 16, si
         records.append({"path": name, "label": label, "true_label": true, "fault": fault,
                         "index": index})
         if progress is not None:
-            progress(done, len(plan))
+            progress(done, total)
+    for done, (c, index, split) in enumerate(held_plan, len(plan) + 1):
+        name = f"{c}/{c}_{numbered[c] + index - clips_per_class:04d}.mp4"
+        (out / c).mkdir(parents=True, exist_ok=True)
+        write_video(out / name, render_clip(c, clip_rng(seed, c, index), frames, size), fps=fps)
+        records.append({"path": name, "label": c, "true_label": c, "fault": None, "index": index,
+                        "split": split})
+        if progress is not None:
+            progress(done, total)
     params = {"clips_per_class": clips_per_class, "frames": frames, "size": size, "fps": float(fps),
               "imbalance": float(imbalance), "label_noise": float(label_noise),
               "corrupt": float(corrupt), "seed": seed}
+    if held_plan:
+        params.update(val_clips_per_class=val_clips_per_class,
+                      test_clips_per_class=test_clips_per_class)
+        for rec in records:
+            rec.setdefault("split", "train")
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["path", "label", "split"])
+        writer.writerows([r["path"], r["label"], r["split"]] for r in records)
+        _write_bytes(out / SPLITS, text.getvalue().encode())
     manifest = {"params": params, "classes": list(classes), "pairs": [list(p) for p in PAIRS],
                 "clips": records}
     _write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())

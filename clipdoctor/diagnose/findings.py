@@ -116,7 +116,11 @@ class Report:
     probes: dict = field(default_factory=dict)
     dataset: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
-    skipped: list[dict] = field(default_factory=list)  # {"name", "reason"}: probes/checks not run
+    # checks not run: {"name", "codes", "reason", "probe" (the required probe that was not
+    # measured; None when the check itself declined)}
+    skipped: list[dict] = field(default_factory=list)
+    # probes not measured: {"name", "reason", "checks" (those that needed it)}
+    skipped_probes: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)  # {"name", "error"}: checks that crashed
     wall_s: float = 0.0
 
@@ -133,10 +137,11 @@ class Report:
         return {"version": 1, "findings": [f.to_dict() for f in self.findings],
                 "probes": _jsonable(self.probes), "dataset": _jsonable(self.dataset),
                 "model": _jsonable(self.model), "skipped": self.skipped,
-                "failures": self.failures, "wall_s": round(self.wall_s, 2)}
+                "skipped_probes": self.skipped_probes, "failures": self.failures,
+                "wall_s": round(self.wall_s, 2)}
 
     def to_json(self, path: str | Path) -> Path:
-        from clipdoctor.data.cache import atomic_write_text
+        from clipdoctor.io import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
         return Path(path)

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 ACC_TIE = 0.01  # balanced-accuracy differences below this are noise at 3 seeds: compare losses
 LOSS_BLOWUP = 2.0  # a validation loss this many times another's decides on its own
 # The range test's valley is a cautious LR (on the healthy demo it sits about 7x below the LR
-# that trains well, checks/learning.py): repair tries it and these multiples, in brief runs
+# that trains well, checks/training.py): repair tries it and these multiples, in brief runs
 LR_FACTORS = (1.0, 3.0, 10.0)
 # brief re-training: enough for a fixed LR or weighting to show. Epochs on cached features
 # (frozen backbone) cost about a second; end to end, each re-decodes and runs the backbone.
@@ -190,8 +190,8 @@ def repair(data: Any, *, config: RunConfig | None = None, out: str | Path = "run
            ) -> RepairResult:
     """Diagnose `data` with `config`, apply the remedies, keep those that help over `seeds`
     brief trainings of `epochs` each, and write the repaired config to OUT/config.yaml."""
-    from clipdoctor.data.cache import atomic_write_text
-    from clipdoctor.diagnose.registry import diagnose
+    from clipdoctor.diagnose.runner import diagnose
+    from clipdoctor.io import atomic_write_text
     from clipdoctor.train.run import check_writable
 
     config = config or RunConfig()

@@ -257,7 +257,9 @@ def freeze(backbone: nn.Module, trainable_blocks: int = 0) -> None:
 
 
 # -- weights files ---------------------------------------------------------------------------
-def _read_tensors(path: Path) -> dict[str, Tensor]:
+def read_tensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a weights file (safetensors or a torch.save'd state dict or checkpoint),
+    by name; ClipdoctorError with what to do when the file is missing or holds none."""
     if not path.is_file():
         raise ClipdoctorError(f"{path}: weights file not found; give an existing .safetensors / .pt file "
                               "to --weights, or drop it to use --pretrained / --no-pretrained")
@@ -295,7 +297,7 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
     return tensors
 
 
-def _best_prefix(keys: list[str], model_keys: set[str]) -> tuple[str, int]:
+def best_prefix(keys: list[str], model_keys: set[str]) -> tuple[str, int]:
     """The prefix ("", "module.", "model.", "backbone.model.", ...) whose removal makes most
     file keys name backbone tensors, and how many it makes match."""
     counts: Counter[str] = Counter()
@@ -324,9 +326,9 @@ def load_weights(model: nn.Module, path: str | Path, name: str) -> tuple[tuple[s
     place for are dropped, and tensors whose shape differs count as both missing and
     unexpected. A file of which no tensor fits is an error: it is another model's."""
     path = Path(path)
-    tensors = _read_tensors(path)
+    tensors = read_tensors(path)
     target = model.state_dict()
-    prefix, _ = _best_prefix([k for k in tensors if not _counter(k)], set(target))
+    prefix, _ = best_prefix([k for k in tensors if not _counter(k)], set(target))
     outside = [k for k in tensors if not k.startswith(prefix)]
     sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     heads = model.pretrained_cfg.get("classifier") or ()

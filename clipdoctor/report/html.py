@@ -5,15 +5,15 @@ report's JSON is embedded in `<script type="application/json" id="report-data">`
 read it back (`json.loads` of that element's text equals `report.to_dict()`, minus `_raw`
 keys). A Content-Security-Policy forbids every fetch and script, so the page stays offline.
 
-Plots are drawn when their measurements are present and skipped when not; a plot that fails
-becomes a one-line note, never a lost report. What is read (other keys are ignored):
+Plots are drawn when their measurements are present and skipped when not; a plot that fails,
+or a stored measurement that cannot be read back, becomes a one-line note, never a lost
+report. What is read:
 
-- `probes["short_run"]`: `train_loss` / `val_loss` lists per epoch (or `history`: a list of
-  `{"train_loss", "val_loss"}` per epoch)
-- `probes["lr_range"]`: `lrs`, `losses`, `suggestion` (optional `config_lr`)
-- `probes["overfit_batch"]`: `losses` per step
-- `probes["grad_stats"]`: `{group: norm}` or `{group: [norm per step]}` under `group_norms`
-  (or `per_group` / `groups` / `norms`; a `{group: {"norm": x}}` works too)
+- the training probes, read back into their typed results (`diagnose/probes/results.py`,
+  `from_dict`): `short_run` (train / validation loss per epoch), `lr_range` (loss per LR, with
+  the suggested LR `suggestion` and the configured one `config_lr` marked), `overfit_batch`
+  (loss per step on one batch), `grad_stats` (`group_norms`: gradient norm per layer group
+  and step)
 - `dataset["counts"]`: `{"train": [...], "val": [...], "test": [...]}` by `dataset["classes"]`
 - any probe's `per_class_recall` (`{class: recall}` or a list by class) and `confusion`
 - `_frames` in a finding's evidence or a probe: uint8 (N, T, H, W, 3), names from
@@ -34,8 +34,9 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from clipdoctor.diagnose.findings import Report
+from clipdoctor.diagnose.probes.results import GradStats, LRRange, OverfitBatch, Result, ShortRun
 from clipdoctor.report import plots
-from clipdoctor.report.terminal import fmt_number, run_facts, severity_counts, verdict
+from clipdoctor.report.format import fmt_number, run_facts, severity_counts, verdict
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ MAX_DEPTH = 3  # nested tables deeper than this become one line of text
 MAX_STRIPS = 8  # frame strips per finding or probe
 MAX_CONFUSION = 40  # classes: beyond this the matrix is too big to read
 _NAME_KEYS = ("_frame_names", "_names", "names", "clips", "paths")
-_GROUP_KEYS = ("group_norms", "per_group", "groups", "norms", "grad_norms", "by_group", "layers")
-_NORM_KEYS = ("norm", "grad_norm", "mean_norm", "mean", "median")
-_META_KEYS = {"seconds", "steps", "step", "ratio", "batch", "batches"}
 
 
 def _env() -> Environment:
@@ -129,72 +127,76 @@ def _seq(v: Any) -> bool:
     return isinstance(v, (list, tuple, np.ndarray)) and len(v) > 0
 
 
-def _loss_curves(run: dict) -> dict[str, list]:
-    curves = {k: run[k] for k in ("train_loss", "val_loss") if _seq(run.get(k))}
-    if not curves and isinstance(run.get("history"), list):
-        rows = [r for r in run["history"] if isinstance(r, dict)]
-        for k in ("train_loss", "val_loss"):
-            if any(k in r for r in rows):
-                curves[k] = [r.get(k, float("nan")) for r in rows]
-    if not curves:
-        curves = {k: v for k, v in run.items() if _seq(v) and not str(k).startswith("_")
-                  and str(k).endswith(("loss", "losses"))}
-    return curves
-
-
-def _group_norms(stats: dict) -> dict[str, Any]:
-    src = next((stats[k] for k in _GROUP_KEYS if isinstance(stats.get(k), dict)), stats)
-    out: dict[str, Any] = {}
-    for name, v in src.items():
-        if str(name).startswith("_") or (src is stats and (
-                name in _META_KEYS or any(w in str(name) for w in ("loss", "ratio")))):
-            continue
-        if isinstance(v, dict):
-            v = next((v[k] for k in _NORM_KEYS if k in v), None)
-        if isinstance(v, (int, float, np.generic)) and not isinstance(v, bool) or _seq(v):
-            out[str(name)] = v
-    return out
-
-
-def _num(v: Any) -> float | None:
-    try:
-        return None if v is None or isinstance(v, bool) else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def _by_class(values: Any, classes: list) -> dict[str, Any]:
     if isinstance(values, dict):
         return {str(k): v for k, v in values.items()}
     return {str(classes[i]) if i < len(classes) else str(i): v for i, v in enumerate(values)}
 
 
+def _loss_plot(run: ShortRun) -> dict | None:
+    curves = {k: v for k, v in (("train_loss", run.train_loss), ("val_loss", run.val_loss)) if v}
+    if not curves:
+        return None
+    return draw("Loss per epoch", lambda: plots.loss_curves_figure(curves),
+                "short training run: train and validation loss")
+
+
+def _lr_plot(lr: LRRange) -> dict | None:
+    if not lr.lrs:
+        return None
+    caption = (f"suggested learning rate {fmt_number(lr.suggestion)}, " if lr.suggestion
+               else "") + f"configured {fmt_number(lr.config_lr)}"
+    return draw("LR range test",
+                lambda: plots.lr_range_figure(lr.lrs, lr.losses, lr.suggestion, lr.config_lr),
+                caption)
+
+
+def _batch_plot(o: OverfitBatch) -> dict | None:
+    if not o.losses:
+        return None
+    return draw("Overfitting one batch",
+                lambda: plots.loss_curves_figure({"batch loss": o.losses}, "loss on one batch",
+                                                 xlabel="step"),
+                "a healthy model drives this towards zero")
+
+
+def _grad_plot(g: GradStats) -> dict | None:
+    if not g.group_norms:
+        return None
+    return draw("Gradient norms", lambda: plots.grad_norms_figure(g.group_norms),
+                "per layer group, log scale")
+
+
+_TRAINING_PLOTS: tuple[tuple[str, type[Result], Callable[[Any], dict | None]], ...] = (
+    ("short_run", ShortRun, _loss_plot), ("lr_range", LRRange, _lr_plot),
+    ("overfit_batch", OverfitBatch, _batch_plot), ("grad_stats", GradStats, _grad_plot))
+
+
+def _training_plots(probes: dict) -> list[dict]:
+    """The plots of the typed training probes present in the report, each probe's stored JSON
+    read back with its result class; one that cannot be read becomes a note."""
+    out = []
+    for name, kind, plot in _TRAINING_PLOTS:
+        if name not in probes:
+            continue
+        try:
+            if not isinstance(probes[name], dict):
+                raise ValueError(f"expected a dict, got {type(probes[name]).__name__}")
+            result = kind.from_dict(probes[name])
+        except ValueError as e:
+            out.append({"title": name, "caption": "", "img": "",
+                        "note": f"could not read the '{name}' measurements: {e}"})
+            continue
+        if (drawn := plot(result)) is not None:
+            out.append(drawn)
+    return out
+
+
 def _plots(report: Report) -> list[dict]:
     probes = report.probes or {}
     d = report.dataset or {}
     classes = list(d.get("classes") or [])
-    out = []
-    run = probes.get("short_run")
-    if isinstance(run, dict) and (curves := _loss_curves(run)):
-        out.append(draw("Loss per epoch", lambda: plots.loss_curves_figure(curves),
-                        "short training run: train and validation loss"))
-    lr = probes.get("lr_range")
-    if isinstance(lr, dict) and _seq(lr.get("lrs")) and _seq(lr.get("losses")):
-        sug = _num(lr.get("suggestion", lr.get("suggested_lr")))
-        cur = _num(next((lr[k] for k in ("config_lr", "configured_lr", "current_lr", "lr") if k in lr), None))
-        out.append(draw("LR range test",
-                        lambda: plots.lr_range_figure(lr["lrs"], lr["losses"], sug, cur),
-                        f"suggested learning rate {fmt_number(sug)}" if sug is not None else ""))
-    batch = probes.get("overfit_batch")
-    if isinstance(batch, dict) and _seq(batch.get("losses")):
-        out.append(draw("Overfitting one batch",
-                        lambda: plots.loss_curves_figure({"batch loss": batch["losses"]},
-                                                         "loss on one batch", xlabel="step"),
-                        "a healthy model drives this towards zero"))
-    grads = probes.get("grad_stats")
-    if isinstance(grads, dict) and (norms := _group_norms(grads)):
-        out.append(draw("Gradient norms", lambda: plots.grad_norms_figure(norms),
-                        "per layer group, log scale"))
+    out = _training_plots(probes)
     counts = d.get("counts")
     if isinstance(counts, dict) and classes:
         out.append(draw("Class counts", lambda: plots.class_counts_figure(counts, classes),
@@ -272,7 +274,8 @@ def report_json(report: Report) -> str:
     public = Report(findings=[replace(f, evidence=_public(f.evidence)) for f in report.findings],
                     probes=_public(report.probes), dataset=_public(report.dataset),
                     model=_public(report.model), skipped=report.skipped,
-                    failures=report.failures, wall_s=report.wall_s)
+                    skipped_probes=report.skipped_probes, failures=report.failures,
+                    wall_s=report.wall_s)
     text = json.dumps(public.to_dict(), ensure_ascii=False, default=str)
     # "<" never occurs outside strings in JSON; as \u003c no "</script>" or "<!--" can close
     # the element early. > and & likewise, for parsers that look for them.
@@ -314,10 +317,11 @@ def _dataset_rows(d: dict) -> list[tuple[str, dict]]:
 
 
 def _row(entry: Any) -> dict[str, str]:
+    """A skipped / failed entry as text cells (lists joined, None empty)."""
     if not isinstance(entry, dict):
         return {"name": str(entry)}
-    return {str(k): ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-            for k, v in entry.items()}
+    return {str(k): ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else
+            "" if v is None else str(v) for k, v in entry.items()}
 
 
 def context(report: Report) -> dict:
@@ -348,6 +352,7 @@ def context(report: Report) -> dict:
         "probe_strips": probe_strips,
         "measurements": measurements,
         "skipped": [_row(s) for s in report.skipped],
+        "skipped_probes": [_row(s) for s in report.skipped_probes],
         "failures": [_row(s) for s in report.failures],
         "report_json": report_json(report),
         "written": datetime.now().isoformat(timespec="seconds"),
@@ -360,7 +365,7 @@ def render_html(report: Report) -> str:
 
 def write_html(report: Report, path: str | Path) -> Path:
     """Write the report page to `path` atomically (temp file + rename)."""
-    from clipdoctor.data.cache import atomic_write_text
+    from clipdoctor.io import atomic_write_text
 
     path = Path(path)
     atomic_write_text(path, render_html(report))

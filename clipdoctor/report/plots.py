@@ -41,7 +41,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str])
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """PNG written atomically (temp file + rename)."""
-    from clipdoctor.data.cache import atomic_write_bytes
+    from clipdoctor.io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -116,9 +116,10 @@ def loss_curves_figure(curves: dict[str, Sequence[float]], title: str = "loss pe
 
 
 def lr_range_figure(lrs: Sequence[float], losses: Sequence[float],
-                    suggestion: float | None = None, current: float | None = None) -> plt.Figure:
-    """Loss against learning rate on a log axis; the suggested (and the configured) LR marked.
-    The y axis stops at a few times the best loss, so a diverging tail does not flatten the rest."""
+                    suggestion: float | None, configured: float | None) -> plt.Figure:
+    """Loss against learning rate on a log axis; the suggested and the configured LR marked
+    (vertical lines, in the legend). The y axis stops at a few times the best loss, so a
+    diverging tail does not flatten the rest."""
     x, y = _floats(lrs), _floats(losses)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
     fig, ax = plt.subplots(figsize=(5.2, 3.2), dpi=100)
@@ -130,8 +131,8 @@ def lr_range_figure(lrs: Sequence[float], losses: Sequence[float],
         ax.set_ylim(max(0.0, low - 0.1 * abs(low)), top * 1.05)
     if suggestion is not None and np.isfinite(suggestion) and suggestion > 0:
         ax.axvline(suggestion, color="#2ca02c", ls="--", label=f"suggested {suggestion:.2g}")
-    if current is not None and np.isfinite(current) and current > 0:
-        ax.axvline(current, color="#d62728", ls=":", label=f"configured {current:.2g}")
+    if configured is not None and np.isfinite(configured) and configured > 0:
+        ax.axvline(configured, color="#d62728", ls=":", label=f"configured {configured:.2g}")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     ax.set_title("LR range test", fontsize=10)
@@ -142,28 +143,19 @@ def lr_range_figure(lrs: Sequence[float], losses: Sequence[float],
     return fig
 
 
-def grad_norms_figure(norms: dict[str, float | Sequence[float]]) -> plt.Figure:
-    """Gradient norm per layer group (log scale): bars for one value each, lines over steps
-    for a sequence each."""
+def grad_norms_figure(norms: dict[str, Sequence[float]]) -> plt.Figure:
+    """Gradient norm per layer group over the steps (log scale); zero or non-finite norms
+    leave gaps."""
     fig, ax = plt.subplots(figsize=(5.2, 3.2), dpi=100)
-    if all(np.ndim(v) == 0 for v in norms.values()):
-        names = list(norms)
-        vals = _floats([norms[n] for n in names])
-        shown = np.where(np.isfinite(vals) & (vals > 0), vals, np.nan)
-        ax.barh(range(len(names)), shown, color="#1f77b4")
-        ax.set_yticks(range(len(names)), [_label(n) for n in names], fontsize=8)
-        ax.invert_yaxis()  # first group (the input side) on top
-        ax.set_xscale("log")
-        ax.set_xlabel("gradient norm")
-    else:
-        for name, values in norms.items():
-            y = _floats(np.atleast_1d(values))
-            ax.plot(np.arange(len(y)), np.where(y > 0, y, np.nan), label=_label(name))
-        ax.set_yscale("log")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("step")
-        ax.set_ylabel("gradient norm")
-        ax.legend(fontsize=7)
+    for name, values in norms.items():
+        y = _floats(values)
+        ax.plot(np.arange(len(y)), np.where(np.isfinite(y) & (y > 0), y, np.nan),
+                label=_label(name))
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient norm")
+    ax.legend(fontsize=7)
     ax.set_title("gradient norm per layer group", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()

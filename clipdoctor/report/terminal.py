@@ -6,7 +6,6 @@ evidence) are never parsed as rich markup: they go into `Text` objects or are es
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -14,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+
+from clipdoctor.report.format import fmt_number, run_facts, verdict
 
 if TYPE_CHECKING:
     from clipdoctor.diagnose.findings import Report
@@ -71,22 +72,11 @@ def print_info(summary: dict, console: Console | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the doctor's report; `verdict`, `evidence_line` and `run_facts` are shared with report/html.py
+# the doctor's report (what the HTML page shares with it is in `format.py`)
 
 SEVERITY_STYLE = {"error": "bold white on red", "warning": "bold black on yellow",
                   "info": "bold white on blue"}
 _VERDICT_STYLE = {"error": "bold red", "warning": "bold yellow", None: "bold green"}
-
-
-def fmt_number(v: Any) -> str:
-    """Numbers short and readable: ints as they are, floats to 3 significant digits."""
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}" if abs(v) >= 100_000 else str(v)
-    if isinstance(v, float):
-        return f"{v:.3g}" if math.isfinite(v) else str(v)
-    return str(v)
 
 
 def _short(v: Any, limit: int = 40) -> str | None:
@@ -121,67 +111,9 @@ def evidence_line(evidence: dict, width: int = 110) -> str:
     return line if len(line) <= width else line[: width - 1].rstrip() + "…"
 
 
-def severity_counts(report: "Report") -> dict[str, int]:
-    counts = {"error": 0, "warning": 0, "info": 0}
-    for f in report.findings:
-        counts[f.severity] = counts.get(f.severity, 0) + 1
-    return counts
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def verdict(report: "Report") -> str:
-    """One line: what the findings mean for the loss."""
-    c = severity_counts(report)
-    not_run = []
-    if report.skipped:
-        not_run.append(f"{_plural(len(report.skipped), 'check')} skipped")
-    if report.failures:
-        not_run.append(f"{len(report.failures)} failed")
-    tail = f" ({', '.join(not_run)})" if not_run else ""
-    if c["error"]:
-        head = _plural(c["error"], "error") + (f", {_plural(c['warning'], 'warning')}"
-                                               if c["warning"] else "")
-        return f"{head} — the loss cannot come down until the errors are fixed{tail}"
-    if c["warning"]:
-        return (f"{_plural(c['warning'], 'warning')} — nothing blocks the loss, "
-                f"but these cost accuracy{tail}")
-    return f"no errors or warnings: nothing found that keeps the loss high{tail}"
-
-
-def run_facts(report: "Report") -> dict[str, Any]:
-    """Dataset root, clips, classes, wall time and budget, each only when known."""
-    d = report.dataset or {}
-    facts: dict[str, Any] = {}
-    if d.get("root"):
-        facts["dataset"] = str(d["root"])
-    counts = d.get("counts")
-    if isinstance(d.get("clips"), int):
-        facts["clips"] = d["clips"]
-    elif isinstance(counts, dict):
-        try:
-            facts["clips"] = int(sum(sum(v) for v in counts.values() if v is not None))
-        except (TypeError, ValueError):
-            pass
-    if d.get("classes") is not None:
-        try:
-            facts["classes"] = len(d["classes"])
-        except TypeError:
-            pass
-    budget = getattr(report, "budget_s", None) or d.get("budget_s") or (report.model or {}).get(
-        "budget_s")
-    if report.wall_s:
-        facts["wall time"] = f"{report.wall_s:.1f} s"
-    if budget:
-        facts["budget"] = f"{fmt_number(budget)} s"
-    return facts
-
-
 def print_report(report: "Report", console: Console | None = None) -> None:
     """The human view of `clipdoctor diagnose`: facts, findings most severe first, checks that
-    did not run, and a one-line verdict."""
+    did not run (with the probe they missed), measurements not taken, and a one-line verdict."""
     console = console or Console()
     header = Text("clipdoctor diagnosis", style="bold")
     for key, value in run_facts(report).items():
@@ -215,7 +147,13 @@ def print_report(report: "Report", console: Console | None = None) -> None:
     if report.skipped:
         console.print(Text(f"skipped ({len(report.skipped)}):", style="dim bold"))
         for s in report.skipped:
-            console.print(Text(f"  {s.get('name', '?')}: {s.get('reason', '')}", style="dim"))
+            probe = f" ({s['probe']})" if s.get("probe") else ""
+            console.print(Text(f"  {s.get('name', '?')}{probe}: {s.get('reason', '')}",
+                               style="dim"))
+    if report.skipped_probes:
+        console.print(Text(f"not measured ({len(report.skipped_probes)}):", style="dim bold"))
+        for s in report.skipped_probes:
+            console.print(Text(f"  {s['name']}: {s['reason']}", style="dim"))
     if report.failures:
         console.print(Text(f"failed checks ({len(report.failures)}):", style="red bold"))
         for s in report.failures:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from clipdoctor.data.cache import atomic_write_bytes
+from clipdoctor.io import atomic_write_bytes
 from clipdoctor.errors import ClipdoctorError
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipdoctor.data.cache import EntryLock, FeatureCache, sample_key
+from clipdoctor.data.cache import FeatureCache, sample_key
 from clipdoctor.data.datamodule import ClipDataModule
 from clipdoctor.data.sources import Sample
+from clipdoctor.io import EntryLock
 from clipdoctor.train.distributed import Ranks
 
 log = logging.getLogger(__name__)

@@ -26,20 +26,19 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader
 
 from clipdoctor.config import RunConfig, save_config
-from clipdoctor.data.cache import FeatureCache, atomic_write_text
-from clipdoctor.data.datamodule import ClipDataModule, EpochSampler
+from clipdoctor.data.cache import FeatureCache
+from clipdoctor.data.datamodule import ClipDataModule, make_loader
 from clipdoctor.data.sources import Sample, SourceIndex
 from clipdoctor.errors import ClipdoctorError
+from clipdoctor.io import atomic_write_text
 from clipdoctor.models.backbones import freeze
 from clipdoctor.models.classifier import ClipClassifier, build_classifier
 from clipdoctor.train import distributed
@@ -50,6 +49,10 @@ from clipdoctor.train.guards import (FAILURE_FILE, NonFiniteLoss, NonFiniteLossG
 from clipdoctor.train.module import FROZEN_KEY, ClipModule, complete_state
 
 log = logging.getLogger(__name__)
+
+# `progress(description)` -> a context manager giving a `(done, total)` callback that draws one
+# stage's progress, e.g. `clipdoctor.report.terminal.progress_bar` (the CLI passes it)
+ProgressFactory = Callable[[str], ContextManager[Callable[[int, int], None]]]
 
 
 @dataclass
@@ -122,32 +125,19 @@ def _trainer(config: RunConfig, out: Path, stage: str, epochs: int, *,
     return trainer, ckpt
 
 
-def _loader(ds, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0,
-            weights: torch.Tensor | None = None) -> DataLoader:
-    """Training loaders draw their order from (seed, epoch), balanced when `weights` is given."""
-    sampler = EpochSampler(ds, seed, weights) if shuffle else None
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False,
-                      num_workers=num_workers, persistent_workers=num_workers > 0)
-
-
 def _lengths(dm: ClipDataModule, samples: list[Sample]) -> list[int] | None:
-    """Valid steps per clip when short clips are padded (cached frames vs T)."""
+    """Valid steps per clip when short clips are padded (the frames a clip offers vs T)."""
     if dm.config.short != "pad":
         return None
     t = dm.config.frames
-    return [min(t, dm.cache.count(s) if dm.cache else dm.config.frames) for s in samples]
+    return [min(t, dm.frames.count(s)) for s in samples]
 
 
-@contextlib.contextmanager
-def _bar(show: bool, description: str):
-    """A rich progress callback when `show`, else None (library calls stay silent)."""
-    if not show:
-        yield None
-        return
-    from clipdoctor.report.terminal import progress_bar
-
-    with progress_bar(description) as update:
-        yield update
+def _bar(progress: ProgressFactory | bool | None,
+         description: str) -> ContextManager[Callable[[int, int], None] | None]:
+    """The caller's progress bar for one stage; without a factory no callback (None), so a
+    library call stays silent."""
+    return progress(description) if callable(progress) else contextlib.nullcontext()
 
 
 def _fit(trainer: L.Trainer, module: ClipModule, train_dl, val_dl, ckpt_dir: Path,
@@ -185,16 +175,19 @@ def _publish(module: ClipModule, src: Path, dst: Path) -> None:
 
 
 def train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool = False,
-          progress: bool = False, on_event: Callable[[str], None] | None = None) -> Run:
+          progress: ProgressFactory | bool | None = None,
+          on_event: Callable[[str], None] | None = None) -> Run:
     """Train a ClipClassifier on `data`; writes and returns the run (see the module docstring).
 
-    Out of memory and a disk filling up mid-run become one ClipdoctorError line (guards.py)."""
+    `progress`: a `ProgressFactory` draws the decoding and feature stages with it and shows
+    Lightning's epoch bar; True shows the epoch bar alone; None or False: silent. Out of
+    memory and a disk filling up mid-run become one ClipdoctorError line (guards.py)."""
     with resource_faults("training", config, Path(out)):
         return _train(data, config, out, resume=resume, progress=progress, on_event=on_event)
 
 
 def _train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: bool,
-           progress: bool, on_event: Callable[[str], None] | None) -> Run:
+           progress: ProgressFactory | bool | None, on_event: Callable[[str], None] | None) -> Run:
     started = time.perf_counter()
     out = Path(out)
     check_writable(out)
@@ -204,7 +197,7 @@ def _train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: boo
     (out / FAILURE_FILE).unlink(missing_ok=True)  # a record of an earlier attempt's failure
     say = on_event or (lambda msg: log.info(msg))
     if not ranks.is_main:  # rank 0 reports; the other ranks work quietly
-        say, progress = log.debug, False
+        say, progress = log.debug, None
     L.seed_everything(config.seed, workers=True, verbose=False)
     classes = data.classes
     model = build_classifier(config.model, len(classes))
@@ -239,13 +232,13 @@ def _train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: boo
         train_ds = FeatureDataset(train_views, [s.label for s in train_samples],
                                   _lengths(dm, train_samples), train=True, seed=config.seed)
         val_ds = FeatureDataset(val_views, [s.label for s in val_samples], _lengths(dm, val_samples))
-        train_dl = _loader(train_ds, bs, shuffle=True, seed=config.seed,
-                           weights=dm.item_weights(s.label for s in train_samples))
-        val_dl = _loader(val_ds, bs * 4, shuffle=False, seed=config.seed)
+        train_dl = make_loader(train_ds, bs, shuffle=True, seed=config.seed,
+                               weights=dm.item_weights(s.label for s in train_samples))
+        val_dl = make_loader(val_ds, bs * 4)
         module = ClipModule(model, len(classes), t, class_weights=weights, cached=True,
                             steps_per_epoch=len(train_dl))
         say("stage 1: training the head on cached features")
-        trainer, ckpt = _trainer(config, out, "stage1", t.epochs, progress=progress)
+        trainer, ckpt = _trainer(config, out, "stage1", t.epochs, progress=bool(progress))
         _fit(trainer, module, train_dl, val_dl, out / "checkpoints" / "stage1", resume)
         _load_best(module, ckpt)
         stage_epochs.append(trainer.current_epoch)
@@ -258,17 +251,13 @@ def _train(data: SourceIndex, config: RunConfig, out: str | Path, *, resume: boo
             for backbone in (model.backbone, model.diff_backbone):  # the RGB-diff one if separate
                 if backbone is not None:
                     freeze(backbone, trainable_blocks=config.model.trainable_blocks)
-        train_ds = dm.dataset("train")
-        train_dl = _loader(train_ds, bs, shuffle=True, seed=config.seed,
-                           num_workers=config.data.num_workers,
-                           weights=dm.item_weights(train_ds.labels()))
-        val_dl = dm.val_dataloader()
+        train_dl, val_dl = dm.train_dataloader(), dm.val_dataloader()
         mult = t.finetune_lr_mult if config.model.freeze_backbone else 1.0
         module = ClipModule(model, len(classes), t, class_weights=weights, cached=False,
                             epochs=epochs, steps_per_epoch=len(train_dl), backbone_lr_mult=mult)
         say(f"{stage}: training on clips" + (" (last blocks unfrozen)"
                                              if config.model.freeze_backbone else ""))
-        trainer, ckpt = _trainer(config, out, stage, epochs, progress=progress)
+        trainer, ckpt = _trainer(config, out, stage, epochs, progress=bool(progress))
         _fit(trainer, module, train_dl, val_dl, out / "checkpoints" / stage, resume)
         _load_best(module, ckpt)
         stage_epochs.append(trainer.current_epoch)

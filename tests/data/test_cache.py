@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from clipdoctor.data import decode
-from clipdoctor.data.cache import FrameCache, kept_indices
+from clipdoctor.data.cache import FrameCache
+from clipdoctor.data.frames import kept_indices
 from clipdoctor.data.sources import Sample
 from conftest import frame_number, make_video, numbered_frames
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipdoctor.data.cache import EntryLock, FrameCache
+from clipdoctor.data.cache import FrameCache
 from clipdoctor.data.sources import Sample
+from clipdoctor.io import EntryLock
 from conftest import frame_number, make_video
 
 SLOW_S = 0.15  # per computation: long enough that two unlocked processes would both compute

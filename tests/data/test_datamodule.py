@@ -9,6 +9,7 @@ from clipdoctor.config import DataConfig
 from clipdoctor.data import decode
 from clipdoctor.data.cache import FrameCache
 from clipdoctor.data.datamodule import ClipDataModule, ClipDataset, class_weights
+from clipdoctor.data.frames import FrameSource
 from clipdoctor.data.sources import Sample, SourceIndex
 from clipdoctor.data.transforms import AugmentSpec, train_transform
 from conftest import frame_number, make_video
@@ -37,8 +38,8 @@ def _index(tmp_path, n_frames=(40, 40, 40, 40), bad: bool = False) -> SourceInde
 def test_eval_clip_is_segment_centres_in_order(tmp_path):
     idx = _index(tmp_path)
     cache = FrameCache(tmp_path / "cache", frame_size=32, max_frames=40)
-    ds = ClipDataset(idx.samples, frames=4, train=False, transform=_ToFloat(), cache=cache,
-                     frame_size=32)
+    ds = ClipDataset(idx.samples, frames=4, train=False, transform=_ToFloat(),
+                     source=FrameSource(cache, frame_size=32, cache_frames=40))
     clip, label = ds[0]
     assert clip.shape == (4, 3, 32, 32) and label == 0
     assert _raw(clip) == [5, 15, 25, 35]
@@ -46,16 +47,16 @@ def test_eval_clip_is_segment_centres_in_order(tmp_path):
 
 def test_uncached_path_decodes_only_sampled_frames(tmp_path):
     idx = _index(tmp_path)
-    ds = ClipDataset(idx.samples, frames=4, train=False, transform=_ToFloat(), cache=None,
-                     frame_size=32)
+    ds = ClipDataset(idx.samples, frames=4, train=False, transform=_ToFloat(),
+                     source=FrameSource(None, frame_size=32))
     assert _raw(ds[1][0]) == [5, 15, 25, 35]
 
 
 def test_training_draws_repeat_per_seed_and_epoch(tmp_path):
     idx = _index(tmp_path)
     cache = FrameCache(tmp_path / "cache", frame_size=32, max_frames=40)
-    ds = ClipDataset(idx.samples, frames=4, train=True, transform=_ToFloat(), cache=cache,
-                     frame_size=32, seed=3)
+    ds = ClipDataset(idx.samples, frames=4, train=True, transform=_ToFloat(),
+                     source=FrameSource(cache, frame_size=32, cache_frames=40), seed=3)
     first = _raw(ds[0][0])
     assert first == _raw(ds[0][0])  # same seed, epoch, item -> same frames
     assert all(10 * k <= f < 10 * (k + 1) for k, f in enumerate(first))  # one per segment
@@ -105,10 +106,11 @@ def test_strict_makes_unreadable_clips_fatal(tmp_path):
 def test_short_clips_repeat_or_pad_with_length(tmp_path):
     idx = _index(tmp_path, n_frames=(3, 3, 40, 40))
     cache = FrameCache(tmp_path / "cache", frame_size=32)
-    rep = ClipDataset(idx.samples, frames=8, train=False, transform=_ToFloat(), cache=cache)
+    source = FrameSource(cache, frame_size=32)
+    rep = ClipDataset(idx.samples, frames=8, train=False, transform=_ToFloat(), source=source)
     clip, _ = rep[0]
     assert _raw(clip) == [0, 0, 0, 1, 1, 1, 2, 2]
-    pad = ClipDataset(idx.samples, frames=8, train=False, transform=_ToFloat(), cache=cache,
+    pad = ClipDataset(idx.samples, frames=8, train=False, transform=_ToFloat(), source=source,
                       short="pad")
     clip, label, length = pad[0]
     assert length == 3 and _raw(clip[:3]) == [0, 1, 2]
@@ -127,7 +129,8 @@ def test_augmentation_is_identical_across_frames_of_a_clip(tmp_path):
         Image.fromarray(image).save(folder / f"{i:03d}.png")
     cache = FrameCache(tmp_path / "cache", frame_size=40)
     ds = ClipDataset([Sample(folder, 0, "train", name="still")], frames=6, train=True,
-                     transform=train_transform(32, spec=AugmentSpec(degrees=10)), cache=cache)
+                     transform=train_transform(32, spec=AugmentSpec(degrees=10)),
+                     source=FrameSource(cache, frame_size=40))
     for epoch in range(5):
         ds.set_epoch(epoch)
         clip, _ = ds[0]

@@ -17,7 +17,7 @@ from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate, render_clip, clip_rng, write_video
 from clipdoctor.demo import demo_config
 from clipdoctor.diagnose.probes import Probes
-from clipdoctor.diagnose.registry import build_context, diagnose, run_checks
+from clipdoctor.diagnose.runner import build_context, diagnose, run_checks
 
 from conftest import make_video
 

@@ -8,7 +8,7 @@ import pytest
 from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate
 from clipdoctor.demo import demo_config
-from clipdoctor.diagnose.registry import diagnose
+from clipdoctor.diagnose.runner import diagnose
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate
 from clipdoctor.demo import demo_config
 from clipdoctor.diagnose.probes import Probes
-from clipdoctor.diagnose.registry import diagnose, run_checks
+from clipdoctor.diagnose.runner import diagnose, run_checks
 from clipdoctor.models.backbones import create_backbone
 
 MODEL_CHECKS = ["loss_output_fit", "double_softmax", "batch_time_axes", "bidirectional_readout",

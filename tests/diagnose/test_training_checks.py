@@ -19,8 +19,10 @@ import clipdoctor.data.datamodule  # noqa: F401 - import Lightning before any bu
 from clipdoctor.config import RunConfig, with_overrides
 from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate
+from clipdoctor.diagnose.findings import Report
 from clipdoctor.diagnose.probes import Probes
-from clipdoctor.diagnose.registry import diagnose, run_checks
+from clipdoctor.diagnose.probes.results import RESULTS, read_result
+from clipdoctor.diagnose.runner import diagnose, run_checks
 
 TRAINING = ["nan_loss", "gradients", "dead_units", "cannot_overfit_batch", "learning_rate",
             "fit_curves", "prediction_collapse", "over_regularized", "augmentation_strength"]
@@ -48,6 +50,7 @@ def grad_stats(**over) -> dict:
          "total_norms": [0.63, 0.74, 1.0, 0.97, 1.18, 0.80, 0.86, 0.80],
          "first_norms": [0.23, 0.25, 0.46, 0.34, 0.65, 0.33, 0.31, 0.27],
          "last_norms": [0.37, 0.39, 0.54, 0.49, 0.59, 0.45, 0.48, 0.52],
+         "group_norms": {"backbone": [0.5] * 8, "head": [0.4] * 8},
          "first_mean_abs_grad": 0.0078, "nonfinite": None,
          "activations": {"init": acts(), "final": acts()}}
     v.update(over)
@@ -61,31 +64,47 @@ def lr_range(config_lr: float = 3e-3, low: float = 6e-3, suggestion: float = 4e-
     x = np.log10(lrs / low)
     losses = np.where(x < 0, 2.066 - 0.006 * x / 8.0, 2.066 * (1 + 0.5 * x ** 2))
     keep = int(np.argmax(losses > 4 * 2.066)) or 100
-    return {"lrs": lrs[:keep].tolist(), "losses": losses[:keep].tolist(), "steps": keep,
-            "config_lr": config_lr, "suggestion": suggestion, "min_loss_lr": low,
-            "stopped": "diverged"}
+    losses = losses[:keep].tolist()
+    return {"lrs": lrs[:keep].tolist(), "losses": losses, "raw_losses": losses, "steps": keep,
+            "planned_steps": 100, "stopped": "diverged", "config_lr": config_lr,
+            "suggestion": suggestion, "method": "valley", "steepest": low / 10,
+            "min_loss_lr": low, "initial_loss": losses[0], "min_loss": min(losses)}
+
+
+def fit(**over) -> dict:
+    """One batch driven to near-zero loss (the demo's: 7 steps at the config's LR)."""
+    v = {"lr": 3e-3, "steps": 7, "losses": [2.078, 1.9, 1.4, 0.8, 0.3, 0.1, 0.034],
+         "initial_loss": 2.078, "final_loss": 0.034, "min_loss": 0.034, "target": 0.104,
+         "reached": True, "steps_to_near_zero": 6, "nonfinite_step": None}
+    v.update(over)
+    return v
 
 
 def overfit(**over) -> dict:
-    v = {"clips": 8, "classes_in_batch": 8, "planned_steps": 55, "near_zero_frac": 0.05,
-         "config_lr": 3e-3, "lr": 3e-3, "steps": 7, "initial_loss": 2.078, "final_loss": 0.034,
-         "min_loss": 0.034, "target": 0.104, "reached": True, "steps_to_near_zero": 6,
-         "nonfinite_step": None,
+    v = {"clips": 8, "classes_in_batch": 8, "near_zero_frac": 0.05, "config_lr": 3e-3, **fit(),
          "augmentation": {"clean_loss": 0.003, "augmented_loss": 0.004, "draws": [0.004, 0.004],
                           "clips": 8}}
     v.update(over)
     return v
 
 
-def short_run(**over) -> dict:
+def curves(**over) -> dict:
+    """One short run's curves: the demo's healthy 8 epochs."""
     v = {"train_loss": [2.108, 2.067, 2.021, 1.687, 1.294, 1.072, 1.0, 0.913],
+         "train_acc": [0.12, 0.16, 0.22, 0.38, 0.52, 0.6, 0.64, 0.68],
          "val_loss": [2.104, 2.07, 1.868, 1.347, 1.192, 1.019, 0.924, 0.964],
          "val_acc": [0.06, 0.25, 0.44, 0.53, 0.5, 0.66, 0.69, 0.69],
          "step_losses": [2.089, 2.096, 2.084, 2.081, 0.655, 0.69, 0.96, 0.92],
-         "epochs": 8, "planned_epochs": 9, "steps": 128, "steps_per_epoch": 16,
-         "config_steps": 320, "nonfinite": None, "lr": 3e-3, "classes": 8, "train_clips": 256,
-         "val_clips": 32, "val_counts": [4] * 8, "val_pred_counts": [8, 4, 4, 4, 4, 1, 4, 3],
-         "weight_decay": 0.01, "dropout": True, "augmented": True,
+         "epoch_s": [1.2] * 8, "epochs": 8, "planned_epochs": 9, "stopped": "end",
+         "nonfinite": None, "steps": 128, "lr": 3e-3, "augmented": True, "regularized": True,
+         "val_pred_counts": [8, 4, 4, 4, 4, 1, 4, 3]}
+    v.update(over)
+    return v
+
+
+def short_run(**over) -> dict:
+    v = {**curves(), "classes": 8, "train_clips": 256, "val_clips": 32, "val_counts": [4] * 8,
+         "steps_per_epoch": 16, "config_steps": 320, "weight_decay": 0.01, "dropout": True,
          "augmentation_gap": {"clean_loss": 0.761, "augmented_loss": 0.839, "clips": 256},
          "no_regularization": {"skipped": "the train loss is already low (0.91)"}}
     v.update(over)
@@ -127,7 +146,44 @@ def test_unmeasured_probes_skip_the_checks_with_a_reason():
     out, skipped, failures = run_checks(Probes(values={}), MINE)
     assert out == [] and failures == []
     assert {s["name"] for s in skipped} == set(MINE)
-    assert all(s["reason"] for s in skipped)
+    assert all(s["reason"] and s["probe"] for s in skipped)
+
+
+# -- typed results: the scripted JSON is read into them, and written back unchanged ----------
+def _without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+@pytest.mark.parametrize("name,value", [
+    ("grad_stats", grad_stats()),
+    ("grad_stats", grad_stats(nonfinite={"step": 2, "where": "gradient of fc",
+                                         "inputs_finite": True}, activations={"init": acts()})),
+    ("lr_range", lr_range()),
+    ("overfit_batch", overfit()),
+    ("overfit_batch", _without(overfit(reached=False, retry=fit(lr=4e-4)), "augmentation")),
+    ("overfit_batch", overfit(augmentation={"skipped": "the fit was unstable"})),
+    ("short_run", short_run()),
+    ("short_run", short_run(no_regularization=curves(regularized=False, epochs=3))),
+    ("short_run", short_run(augmentation_gap=None, no_regularization=None)),
+])
+def test_typed_results_read_back_their_json(name, value):
+    result = read_result(name, value)
+    assert isinstance(result, RESULTS[name]) and result.to_dict() == value
+
+
+def test_a_failed_short_run_has_no_augmentation_gap_and_non_finite_values_read_back():
+    run = _without(short_run(nonfinite={"epoch": 0, "step": 3, "loss": float("inf")}),
+                   "augmentation_gap")
+    assert read_result("short_run", run).to_dict() == run  # the key stays absent
+    stored = Report(probes={"short_run": run}).to_dict()["probes"]["short_run"]  # JSON: "inf"
+    assert read_result("short_run", stored).nonfinite.loss == math.inf
+
+
+def test_a_scripted_key_no_probe_emits_is_an_error():
+    with pytest.raises(ValueError, match=r"unknown keys \['suggested_lr'\]"):
+        read_result("lr_range", {**lr_range(), "suggested_lr": 1e-3})
+    with pytest.raises(ValueError, match="missing"):
+        read_result("overfit_batch", _without(overfit(), "losses"))
 
 
 # -- nan-loss ----------------------------------------------------------------------------------
@@ -172,8 +228,8 @@ def test_dead_units_sick_and_healthy():
 def test_cannot_overfit_batch_sick_and_healthy():
     stuck = dict(steps=200, reached=False, final_loss=0.69, min_loss=0.69, initial_loss=0.69,
                  steps_to_near_zero=None)
-    retry = {"lr": 4e-4, "steps": 200, "reached": False, "initial_loss": 0.69,
-             "final_loss": 0.69, "min_loss": 0.69, "target": 0.035, "nonfinite_step": None}
+    retry = fit(lr=4e-4, steps=200, reached=False, initial_loss=0.69, final_loss=0.69,
+                min_loss=0.69, target=0.035, steps_to_near_zero=None)
     sick = overfit(**stuck, retry=retry)
     assert findings(healthy(overfit_batch=sick), ["cannot_overfit_batch"]) == {
         "cannot-overfit-batch": "error"}
@@ -202,9 +258,8 @@ def test_lr_too_low_sick_and_healthy():
                      step_losses=[2.089, 2.09])
     stuck = overfit(lr=1e-7, config_lr=1e-7, steps=36, reached=False, final_loss=2.077,
                     min_loss=2.077, steps_to_near_zero=None,
-                    retry={"lr": 2e-4, "steps": 42, "reached": True, "final_loss": 0.096,
-                           "initial_loss": 2.078, "min_loss": 0.096, "target": 0.104,
-                           "nonfinite_step": None})
+                    retry=fit(lr=2e-4, steps=42, final_loss=0.096, min_loss=0.096,
+                              steps_to_near_zero=41))
     sick = healthy(lr_range=lr_range(config_lr=1e-7), short_run=flat, overfit_batch=stuck)
     assert findings(sick, ["learning_rate"]) == {"lr-too-low": "error"}
     range_only = healthy(lr_range=lr_range(config_lr=1e-5))
@@ -258,7 +313,8 @@ def test_prediction_collapse_sick_and_healthy():
 
 # -- regularisation and augmentation ----------------------------------------------------------
 def test_over_regularized_sick_and_healthy():
-    variant = {"epochs": 3, "train_loss": [1.8, 0.9, 0.4], "val_loss": [1.9, 1.3, 1.1]}
+    variant = curves(epochs=3, train_loss=[1.8, 0.9, 0.4], val_loss=[1.9, 1.3, 1.1],
+                     regularized=False)
     run = short_run(train_loss=[2.08, 2.06, 2.05], val_loss=[2.08, 2.07, 2.07], epochs=3,
                     weight_decay=1.0, no_regularization=variant)
     assert findings(healthy(short_run=run), ["over_regularized"]) == {"over-regularized": "warning"}
@@ -361,9 +417,12 @@ def test_e2e_healthy_tiny_demo_config_has_no_error_or_warning(pair_data):
     loud = {c: s for c, s in codes(report).items() if s != "info"}
     assert loud == {}, (loud, report.skipped)
     assert {"lr_range", "grad_stats", "short_run"} <= set(report.probes)
-    assert report.probes["short_run"]["epochs"] >= 3
+    assert report.probes["short_run"]["epochs"] >= 3 and "model" not in report.probes["short_run"]
     text = json.dumps(report.to_dict())  # the measurements are plain JSON, tensors left out
     assert '"lrs"' in text and "_model" not in text
+    for name in RESULTS:  # what the report stores reads back into the typed results
+        assert read_result(name, report.probes[name]).to_dict() == _without(
+            report.probes[name], "seconds")
 
 
 def test_e2e_lr_5_is_too_high(pair_data):
@@ -540,7 +599,7 @@ def test_e2e_static_task_shows_no_temporal_gain(static_data):
 
 
 def test_budget_sizes_the_probes(pair_data):
-    from clipdoctor.diagnose.registry import build_context
+    from clipdoctor.diagnose.runner import build_context
 
     def measured(budget: float) -> Probes:
         ctx = build_context(pair_data, config=tiny(), model=_MLP(), budget_s=budget)
@@ -549,13 +608,15 @@ def test_budget_sizes_the_probes(pair_data):
         return probes
 
     small, big = measured(8), measured(60)
-    assert big.values["lr_range"]["steps"] > small.values["lr_range"]["steps"]
+    assert big.values["lr_range"].steps > small.values["lr_range"].steps
     assert (big.values["training_data"]["train_clips"]
             > small.values["training_data"]["train_clips"])
     starved = diagnose_user(pair_data, _MLP(), budget_s=1, checks=["learning_rate", "gradients"])
     assert not starved.findings and not starved.failures
     assert {s["name"] for s in starved.skipped} == {"learning_rate", "gradients"}
     assert all("budget" in s["reason"] for s in starved.skipped), starved.skipped
+    assert {"lr_range", "grad_stats"} <= {p["name"] for p in starved.skipped_probes}
+    assert all("budget" in p["reason"] for p in starved.skipped_probes)
 
 
 # -- slower plants (make test-all) ---------------------------------------------------------------
@@ -613,17 +674,16 @@ def test_e2e_few_clips_many_epochs_overfit(tmp_path_factory):
 def test_hard_divergence_is_lr_too_high_even_when_a_short_sweep_lags():
     """Measured in `demo --broken` (lr 3): the short run went 2.1 -> 96.9 while a 31-step LR
     sweep's smoothed loss only rose past 1.25x at lr 5.4."""
-    from clipdoctor.diagnose.checks.learning import learning_rate
-    from clipdoctor.diagnose.probes import Probes
+    from clipdoctor.diagnose.checks.training import learning_rate
 
     lrs = [1e-7 * (1e8 ** (i / 30)) for i in range(31)]
     losses = [2.1] * 28 + [2.57, 3.17, 5.03]
-    rng = {"lrs": lrs, "losses": losses, "config_lr": 3.0, "suggestion": 1.6e-4,
-           "min_loss_lr": 0.0117}
-    run = {"step_losses": [2.1, 18.4, 9.1], "train_loss": [22.6, 122.8, 96.9], "epochs": 3,
-           "nonfinite": None, "lr": 3.0}
-    found = learning_rate(Probes(values={"lr_range": rng, "short_run": run, "overfit_batch": None}))
+    rng = {**lr_range(config_lr=3.0, suggestion=1.6e-4, low=0.0117), "lrs": lrs,
+           "losses": losses, "raw_losses": losses, "steps": 31}
+    run = short_run(step_losses=[2.1, 18.4, 9.1], train_loss=[22.6, 122.8, 96.9], epochs=3,
+                    lr=3.0)
+    found = learning_rate(Probes(values={"lr_range": rng, "short_run": run}))
     assert [(f.code, f.severity) for f in found] == [("lr-too-high", "error")]
     calm = dict(run, train_loss=[2.0, 1.9, 3.0])  # 1.4x: within the lagging sweep's word
-    found = learning_rate(Probes(values={"lr_range": rng, "short_run": calm, "overfit_batch": None}))
+    found = learning_rate(Probes(values={"lr_range": rng, "short_run": calm}))
     assert [f.code for f in found if f.severity == "error"] == []

@@ -159,6 +159,7 @@ def _mutations(seeds: dict[str, bytes]):
 def _check_variant(path: Path, clip: Path, transform) -> str:
     """'frames' or 'decode-error'; anything else (another exception, bad frames) raises."""
     from clipdoctor.data.datamodule import ClipDataset
+    from clipdoctor.data.frames import FrameSource
     from clipdoctor.data.sources import Sample
 
     def named(e: DecodeError) -> str:
@@ -178,7 +179,7 @@ def _check_variant(path: Path, clip: Path, transform) -> str:
         return named(e)
     assert frames.shape == (len(indices), 24, 24, 3) and frames.dtype == np.uint8, frames.shape
     ds = ClipDataset([Sample(clip, 0, "train", name=clip.name)], frames=4, train=False,
-                     transform=transform, cache=None, frame_size=28)
+                     transform=transform, source=FrameSource(None, frame_size=28))
     try:
         x, label = ds[0]
     except DecodeError as e:

@@ -155,12 +155,12 @@ def test_unrelated_runtime_errors_are_not_disguised(data, tmp_path, monkeypatch)
 
 def test_full_disk_under_a_report_is_one_line(data, tmp_path, monkeypatch):
     """Outside training too (here the frame cache of `info`), ENOSPC is one line, exit 2."""
-    from clipdoctor.data import cache
+    import clipdoctor.io
 
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(cache, "atomic_write_bytes", full)
+    monkeypatch.setattr(clipdoctor.io, "atomic_write_bytes", full)
     err = io.StringIO()
     with redirect_stderr(err):
         rc = main(["info", str(data), "--cache-dir", str(tmp_path / "cache")])

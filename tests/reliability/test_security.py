@@ -236,7 +236,7 @@ def test_hostile_names_are_text_in_the_html_report(hostile_dataset, tmp_path, ch
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
 
-    from clipdoctor.diagnose.registry import diagnose
+    from clipdoctor.diagnose.runner import diagnose
 
     data = load_source(hostile_dataset)
     assert XSS_CLASS in data.classes

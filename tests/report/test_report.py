@@ -16,9 +16,12 @@ import pytest
 from rich.console import Console
 
 from clipdoctor.diagnose.findings import CODES, Finding, Report
+from clipdoctor.diagnose.probes.results import (ActivationSteps, GradStats, LRRange,
+                                                OverfitBatch, ShortRun)
 from clipdoctor.report import html as report_html
 from clipdoctor.report import plots
-from clipdoctor.report.terminal import evidence_line, print_report, verdict
+from clipdoctor.report.format import verdict
+from clipdoctor.report.terminal import evidence_line, print_report
 
 XSS = "<script>alert(1)</script>"
 CLASSES = ["walk", "run", XSS, "日本"]
@@ -32,6 +35,40 @@ def moving_bar(n: int = 3, t: int = 6, h: int = 24, w: int = 32) -> np.ndarray:
         for j in range(t):
             x = j * (w - 4) // max(1, t - 1)
             out[i, j, :, x:x + 4, i % 3] = 230
+    return out
+
+
+def training_probes() -> dict:
+    """The four plotted training probes as the runner stores them: their typed results' JSON,
+    with the seconds each took."""
+    lrs = list(np.geomspace(1e-6, 1.0, 40))
+    losses = [2.3 - 0.02 * i if i < 30 else 2.3 + (i - 29) ** 2 for i in range(40)]
+    lr = LRRange(lrs=lrs, losses=losses, raw_losses=losses, steps=40, planned_steps=40,
+                 stopped="diverged", config_lr=0.1, suggestion=3e-4, method="valley",
+                 steepest=1e-4, min_loss_lr=1.1e-2, initial_loss=2.3, min_loss=1.72)
+    batch = [2.3 * 0.8 ** i for i in range(30)]
+    fit = OverfitBatch(lr=0.1, steps=30, losses=batch, initial_loss=2.3, final_loss=batch[-1],
+                       min_loss=batch[-1], target=0.115, reached=False, steps_to_near_zero=None,
+                       nonfinite_step=None, clips=8, classes_in_batch=4, near_zero_frac=0.05,
+                       config_lr=0.1)
+    grads = GradStats(steps=3, planned_steps=3, lr=0.1, first_layer="backbone.conv1",
+                      last_layer="head.fc", layers=3, losses=[2.3, 2.2, 2.1],
+                      total_norms=[0.4, 0.3, 0.35], first_norms=[2e-6, 3e-6, 1e-6],
+                      last_norms=[0.4, 0.3, 0.35], ratios=[5e-6, 1e-5, 3e-6],
+                      group_norms={"backbone": [2e-6, 3e-6, 1e-6], "pool": [1e-3, 2e-3, 2e-3],
+                                   "head": [0.4, 0.3, 0.35]},
+                      first_mean_abs_grad=1e-8, activations=ActivationSteps(), nonfinite=None)
+    run = ShortRun(train_loss=[2.3, 1.9, 1.6, 1.4, 1.3], train_acc=[0.3, 0.4, 0.5, 0.55, 0.6],
+                   val_loss=[2.3, 2.0, 1.8, 1.7, 1.65], val_acc=[0.3, 0.35, 0.4, 0.45, 0.45],
+                   step_losses=[2.31, 2.2, 2.0], epoch_s=[0.6] * 5, epochs=5, planned_epochs=5,
+                   stopped="end", nonfinite=None, steps=40, lr=0.1, augmented=True,
+                   regularized=True, val_pred_counts=[6, 3, 0, 2], classes=4, train_clips=77,
+                   val_clips=11, val_counts=[5, 3, 1, 2], steps_per_epoch=8, config_steps=160,
+                   weight_decay=0.01, dropout=False, augmentation_gap=None,
+                   no_regularization=None)
+    out = {name: result.to_dict() for name, result in
+           (("short_run", run), ("lr_range", lr), ("overfit_batch", fit), ("grad_stats", grads))}
+    out["short_run"]["seconds"], out["grad_stats"]["seconds"] = 3.2, 0.8
     return out
 
 
@@ -61,16 +98,7 @@ def sample_report(frames: bool = False) -> Report:
         findings[-1].evidence.update({"_frames": moving_bar(3),
                                       "_frame_names": findings[-1].evidence["clips"]})
     probes = {
-        "short_run": {"train_loss": [2.3, 1.9, 1.6, 1.4, 1.3], "val_loss": [2.3, 2.0, 1.8, 1.7, 1.65],
-                      "seconds": 3.2},
-        "lr_range": {"lrs": list(np.geomspace(1e-6, 1.0, 40)),
-                     "losses": [2.3 - 0.02 * i if i < 30 else 2.3 + (i - 29) ** 2 for i in range(40)],
-                     "suggestion": 3e-4},
-        "overfit_batch": {"losses": [2.3 * 0.8 ** i for i in range(30)], "reached": True},
-        "grad_stats": {"group_norms": {"backbone": [2e-6, 3e-6, 1e-6], "pool": [1e-3, 2e-3, 2e-3],
-                                       "head": [0.4, 0.3, 0.35]},
-                       "losses": [2.3, 2.2, 2.1], "total_norms": [0.4, 0.3, 0.35],
-                       "ratios": [5e-6, 1e-5, 3e-6], "seconds": 0.8},
+        **training_probes(),
         "evaluation": {"per_class_recall": dict(zip(CLASSES, [0.9, 0.6, 0.0, 0.4])),
                        "confusion": [[9, 1, 0, 0], [3, 6, 0, 1], [4, 1, 0, 0], [2, 1, 0, 2]]},
     }
@@ -80,7 +108,11 @@ def sample_report(frames: bool = False) -> Report:
     return Report(findings=findings, probes=probes, dataset=dataset,
                   model={"backbone": "resnet18", "head": "lstm", "params": 11_700_000},
                   skipped=[{"name": "label_noise", "codes": ["label-noise"],
-                            "reason": "time budget spent (120 s); raise --budget"}],
+                            "reason": "time budget spent (120 s); raise --budget",
+                            "probe": "label_issues"}],
+                  skipped_probes=[{"name": "label_issues",
+                                   "reason": "time budget spent (120 s); raise --budget",
+                                   "checks": ["label_noise"]}],
                   failures=[{"name": "leakage", "error": "ValueError: boom [bold]x[/bold]"}],
                   wall_s=42.5)
 
@@ -122,7 +154,8 @@ def test_terminal_lists_findings_most_severe_first_with_verdict():
     assert order == sorted(order)
     assert "1 error, 2 warnings — the loss cannot come down until the errors are fixed" in out
     assert "ratio=8 · largest=walk 40" in out  # the key evidence numbers in one line
-    assert "label_noise: time budget spent" in out and "leakage: ValueError" in out
+    assert "label_noise (label_issues): time budget spent" in out and "leakage: ValueError" in out
+    assert "not measured (1):" in out and "label_issues: time budget spent" in out
     assert "/data/clips [bold]raw[/bold]" in out and "clips: 99" in out and "42.5 s" in out
 
 
@@ -166,6 +199,7 @@ def test_html_has_every_finding_anchor_and_escapes_data(tmp_path):
     assert page.count("<script") == 1  # only the JSON data block
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "日本" in page
+    assert 'id="skipped-probes"' in page and "<code>label_issues</code>" in page
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # atomic: no temp file left
 
 
@@ -240,11 +274,45 @@ def test_missing_or_odd_measurements_never_crash(tmp_path, probes, dataset):
     terminal_text(report)
 
 
-def test_gradient_groups_are_read_from_the_probe():
-    stats = sample_report().probes["grad_stats"]
-    assert list(report_html._group_norms(stats)) == ["backbone", "pool", "head"]
-    flat = {"backbone": 1e-5, "head": 0.2, "seconds": 1.0, "ratio": 5e-5, "losses": [1.0, 2.0]}
-    assert list(report_html._group_norms(flat)) == ["backbone", "head"]
+def drawn_figures(report: Report, monkeypatch) -> dict:
+    """The figures the HTML page draws, by the title of their axes."""
+    figures = {}
+    real = plots.figure_png_base64
+
+    def keep(fig, dpi: int = 100) -> str:
+        figures[fig.axes[0].get_title()] = fig
+        return real(fig, dpi)
+
+    monkeypatch.setattr(plots, "figure_png_base64", keep)
+    report_html.render_html(report)
+    return figures
+
+
+def test_lr_range_plot_marks_the_suggested_and_the_configured_lr(monkeypatch):
+    report = sample_report()
+    lr = report.probes["lr_range"]
+    ax = drawn_figures(report, monkeypatch)["LR range test"].axes[0]
+    marks = {line.get_label(): line.get_xdata()[0] for line in ax.lines
+             if len(set(line.get_xdata())) == 1}  # vertical lines
+    assert marks == {f"suggested {lr['suggestion']:.2g}": lr["suggestion"],
+                     f"configured {lr['config_lr']:.2g}": lr["config_lr"]}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(marks)
+
+
+def test_gradient_plot_draws_each_layer_group_of_the_probe(monkeypatch):
+    report = sample_report()
+    ax = drawn_figures(report, monkeypatch)["gradient norm per layer group"].axes[0]
+    groups = report.probes["grad_stats"]["group_norms"]
+    assert [line.get_label() for line in ax.lines] == list(groups)
+    assert [list(line.get_ydata()) for line in ax.lines] == list(groups.values())
+
+
+def test_unreadable_training_measurements_become_a_note():
+    report = Report(probes={"lr_range": {"lrs": [1e-4], "losses": [2.0]}, "grad_stats": 5,
+                            "short_run": {**training_probes()["short_run"], "history": []}})
+    notes = {p["title"]: p["note"] for p in report_html.context(report)["plots"]}
+    assert "missing" in notes["lr_range"] and "config_lr" in notes["lr_range"]
+    assert "int" in notes["grad_stats"] and "unknown keys ['history']" in notes["short_run"]
 
 
 def test_long_and_nested_evidence_is_readable():

@@ -27,7 +27,7 @@ _OUTSIDE_HINT = "use paths inside it, or pass --allow-outside-root if that is in
 _LIST_LINE = re.compile(r"^(.*\S)\s+(\d+)$")  # "<path> <number>" in UCF101 / HMDB51 lists
 
 
-def _resolve_root(root: str | Path) -> Path:
+def resolve_root(root: str | Path) -> Path:
     """Absolute, symlink-free root; DataError if it does not exist."""
     path = Path(root).expanduser()
     try:
@@ -46,7 +46,7 @@ def _need_dir(root: Path, fmt: str) -> None:
                         f"folder, or a --format that reads this file (csv, kinetics, npz)")
 
 
-def _visible(folder: Path) -> list[Path]:
+def visible(folder: Path) -> list[Path]:
     """Sorted entries of `folder` without hidden files and OS clutter."""
     try:
         names = sorted(os.listdir(folder))
@@ -56,7 +56,7 @@ def _visible(folder: Path) -> list[Path]:
     return [folder / n for n in names if not n.startswith(".") and n not in _JUNK]
 
 
-def _describe(entries: list[Path], limit: int = 6) -> str:
+def describe(entries: list[Path], limit: int = 6) -> str:
     """'2 folders (a/, b/) and 1 file (x.txt)' for error messages."""
     parts = []
     for kind, items in (("folder", [p.name + "/" for p in entries if p.is_dir()]),
@@ -122,7 +122,7 @@ def _clip_problem(path: Path) -> str | None:
     if path.is_dir():
         if _has_images(path):
             return None
-        if any(p.suffix.lower() in VIDEO_SUFFIXES for p in _visible(path)):
+        if any(p.suffix.lower() in VIDEO_SUFFIXES for p in visible(path)):
             return "frame folder holds no images (videos must sit directly in the class folder)"
         return "frame folder holds no images"
     if path.is_file():
@@ -159,7 +159,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, rows
 
 
-def _csv_header(path: Path) -> list[str]:
+def csv_header(path: Path) -> list[str]:
     """The lower-cased first row of a CSV, or [] if it cannot be read (for detection only)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:

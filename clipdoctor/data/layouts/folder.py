@@ -6,27 +6,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipdoctor.data.layouts.files import (_SPLIT_DIRS, _clip_problem, _need_dir, _rel,
-                                           _visible)
+                                           visible)
 from clipdoctor.data.layouts.registry import _Entry, _Listing, _register
 from clipdoctor.data.source_index import VIDEO_SUFFIXES, Skipped
 
 
 def _split_dirs(root: Path) -> dict[Path, str]:
     """Top-level split folders, when the folder layout is split into train/val/test."""
-    top_dirs = [p for p in _visible(root) if p.is_dir()]
+    top_dirs = [p for p in visible(root) if p.is_dir()]
     found = {p: _SPLIT_DIRS[p.name.lower()] for p in top_dirs if p.name.lower() in _SPLIT_DIRS}
     if found and ("train" in found.values() or len(found) == len(top_dirs)):
         return found
     return {}
 
 
-def _has_class_folders(root: Path) -> bool:
+def has_class_folders(root: Path) -> bool:
     """True when some subfolder (or split/subfolder) holds a video or a frame folder."""
     splits = _split_dirs(root)
     parents = list(splits) if splits else [root]
     for parent in parents:
-        for class_dir in _visible(parent):
-            if class_dir.is_dir() and any(_clip_problem(c) is None for c in _visible(class_dir)):
+        for class_dir in visible(parent):
+            if class_dir.is_dir() and any(_clip_problem(c) is None for c in visible(class_dir)):
                 return True
     return False
 
@@ -35,7 +35,7 @@ def _scan_classes(root: Path, parent: Path, split: str | None,
                   skipped: list[Skipped]) -> list[tuple[str, Path, str | None]]:
     """(class, clip, split) for every clip under `parent/<class>/`; the rest into `skipped`."""
     found = []
-    for class_dir in _visible(parent):
+    for class_dir in visible(parent):
         if not class_dir.is_dir():
             # a README or a manifest beside the class folders is fine; a lone video is not
             if class_dir.suffix.lower() in VIDEO_SUFFIXES:
@@ -43,7 +43,7 @@ def _scan_classes(root: Path, parent: Path, split: str | None,
                                        "video outside a class folder: its class is unknown"))
             continue
         before = len(found)
-        for clip in _visible(class_dir):
+        for clip in visible(class_dir):
             reason = _clip_problem(clip)
             if reason:
                 skipped.append(Skipped(_rel(clip, root), reason))
@@ -62,7 +62,7 @@ def _list_folder(root: Path, fold: int) -> _Listing:
     splits = _split_dirs(root)
     if splits:
         found = []
-        for top in _visible(root):
+        for top in visible(root):
             if top in splits:
                 found += _scan_classes(root, top, splits[top], skipped)
             else:

@@ -7,22 +7,22 @@ import re
 from pathlib import Path
 
 from clipdoctor.data.layouts.files import (_LIST_LINE, _inside, _need_dir, _rel, _sort_classes,
-                                           _text_lines, _visible)
+                                           _text_lines, visible)
 from clipdoctor.data.layouts.registry import _add_listed, _Entry, _Listing, _register
 from clipdoctor.errors import DataError
 
 _HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<fold>\d+)\.txt$")
 
 
-def _hmdb_split_files(root: Path) -> list[Path]:
+def hmdb_split_files(root: Path) -> list[Path]:
     """Split files in ROOT or in folders (up to two levels) whose name contains 'split'."""
     folders, level, found = [root], [root], []
     for _ in range(2):
-        level = [d for parent in level for d in _visible(parent)
+        level = [d for parent in level for d in visible(parent)
                  if d.is_dir() and "split" in d.name.lower()]
         folders += level
     for folder in folders:
-        found += [p for p in _visible(folder) if p.is_file() and _HMDB_FILE.match(p.name)]
+        found += [p for p in visible(folder) if p.is_file() and _HMDB_FILE.match(p.name)]
     return found
 
 
@@ -30,7 +30,7 @@ def _hmdb_split_files(root: Path) -> list[Path]:
 def _list_hmdb51(root: Path, fold: int) -> _Listing:
     """HMDB51: one split file per class and fold; 1 = train, 2 = test, 0 = unused (left out)."""
     _need_dir(root, "hmdb51")
-    files = _hmdb_split_files(root)
+    files = hmdb_split_files(root)
     chosen: dict[str, Path] = {}
     for path in sorted(files, key=lambda p: p.name):
         match = _HMDB_FILE.match(path.name)

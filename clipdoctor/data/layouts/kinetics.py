@@ -7,9 +7,9 @@ import logging
 import os
 from pathlib import Path
 
-from clipdoctor.data.layouts.files import (_SPLIT_VALUES, _csv_header, _inside, _joined,
-                                           _read_csv, _rel, _sort_classes, _split_from_name,
-                                           _visible)
+from clipdoctor.data.layouts.files import (_SPLIT_VALUES, _inside, _joined, _read_csv, _rel,
+                                           _sort_classes, _split_from_name, csv_header,
+                                           visible)
 from clipdoctor.data.layouts.registry import _add_listed, _Entry, _Listing, _register
 from clipdoctor.data.source_index import Skipped
 from clipdoctor.errors import DataError
@@ -21,7 +21,8 @@ _KINETICS_SPLIT_DIRS = {"train": ("train",), "val": ("val", "validate", "validat
                         "test": ("test",)}
 
 
-def _is_kinetics_header(header: list[str]) -> bool:
+def is_kinetics_header(header: list[str]) -> bool:
+    """Whether a CSV header has Kinetics' annotation columns (format detection asks it too)."""
     return all(c in header for c in _KINETICS_COLUMNS)
 
 
@@ -47,7 +48,7 @@ def _kinetics_file(root: Path, label: str, name: str, split: str | None, where: 
 def _kinetics_rows(path: Path) -> tuple[list[tuple[str, str, str | None, str]], int]:
     """(label, clip file name, split, 'file line N') per labelled row, and the unlabelled count."""
     header, data = _read_csv(path)
-    if not _is_kinetics_header(header):
+    if not is_kinetics_header(header):
         raise DataError(f"{path.name} line 1: header {','.join(header)} lacks "
                         f"{', '.join(c for c in _KINETICS_COLUMNS if c not in header)}; "
                         f"expected label,youtube_id,time_start,time_end,split")
@@ -81,9 +82,9 @@ def _list_kinetics(root: Path, fold: int) -> _Listing:
 
     Rows without a label (an unlabelled test set) are left out."""
     base = root.parent if root.is_file() else root
-    csvs = [root] if root.is_file() else [p for p in _visible(root) if p.is_file()
+    csvs = [root] if root.is_file() else [p for p in visible(root) if p.is_file()
                                             and p.suffix.lower() == ".csv"
-                                            and _is_kinetics_header(_csv_header(p))]
+                                            and is_kinetics_header(csv_header(p))]
     if not csvs:
         raise DataError(f"no Kinetics CSV in {root}: expected a CSV with header "
                         f"label,youtube_id,time_start,time_end,split")

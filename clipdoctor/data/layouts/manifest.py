@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipdoctor.data.layouts.files import (_SPLIT_VALUES, _csv_header, _inside, _read_csv,
-                                           _rel, _sort_classes, _split_from_name, _visible)
+from clipdoctor.data.layouts.files import (_SPLIT_VALUES, _inside, _read_csv, _rel,
+                                           _sort_classes, _split_from_name, csv_header, visible)
 from clipdoctor.data.layouts.registry import _add_listed, _Entry, _Listing, _register
 from clipdoctor.errors import DataError
 
@@ -14,7 +14,7 @@ _PATH_COLUMNS = ("path", "video_name", "video", "filename")
 _LABEL_COLUMNS = ("label", "tag", "class")
 
 
-def _manifest_columns(header: list[str]) -> tuple[int, int, int | None] | None:
+def manifest_columns(header: list[str]) -> tuple[int, int, int | None] | None:
     """(path, label, split) column indices of a manifest header, or None if it is not one."""
     path = next((header.index(c) for c in _PATH_COLUMNS if c in header), None)
     label = next((header.index(c) for c in _LABEL_COLUMNS if c in header), None)
@@ -27,8 +27,8 @@ def _manifests(root: Path) -> list[Path]:
     """The manifest CSV(s): `root` itself, or the CSVs of the folder with a manifest header."""
     if root.is_file():
         return [root]
-    found = [p for p in _visible(root) if p.is_file() and p.suffix.lower() == ".csv"
-             and _manifest_columns(_csv_header(p))]
+    found = [p for p in visible(root) if p.is_file() and p.suffix.lower() == ".csv"
+             and manifest_columns(csv_header(p))]
     if not found:
         raise DataError(f"no manifest CSV in {root}: expected a .csv whose header names "
                         f"path,label[,split] (or video_name,tag)")
@@ -41,7 +41,7 @@ def _manifests(root: Path) -> list[Path]:
 def _manifest_rows(path: Path) -> list[tuple[str, str, str | None, str]]:
     """(clip path text, label, split or None, 'file line N') for every row of one manifest."""
     header, data = _read_csv(path)
-    columns = _manifest_columns(header)
+    columns = manifest_columns(header)
     if columns is None:
         raise DataError(f"{path.name} line 1: expected a header row naming the columns "
                         f"path,label[,split] (or video_name,tag), got '{','.join(header)}'; add it")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdoctor.data.layouts.files import _visible
+from clipdoctor.data.layouts.files import visible
 from clipdoctor.data.layouts.registry import _Entry, _Listing, _register
 from clipdoctor.errors import DataError
 
@@ -16,7 +16,7 @@ from clipdoctor.errors import DataError
 def _npz_file(root: Path) -> Path:
     if root.is_file():
         return root
-    found = [p for p in _visible(root) if p.is_file() and p.suffix.lower() == ".npz"]
+    found = [p for p in visible(root) if p.is_file() and p.suffix.lower() == ".npz"]
     if len(found) != 1:
         raise DataError(f"the npz layout needs exactly one .npz in {root}, found "
                         f"{', '.join(p.name for p in found) or 'none'}; pass the file itself")
@@ -69,10 +69,10 @@ def _check_clips(name: str, X: np.ndarray, y: np.ndarray, key: str) -> None:
 def _list_npz(root: Path, fold: int) -> _Listing:
     """Arrays in an .npz: X/y (+ X_val/y_val, X_test/y_test), optional `classes` names."""
     path = _npz_file(root)
-    return _list_arrays(_load_npz(path), path.name)
+    return list_arrays(_load_npz(path), path.name)
 
 
-def _list_arrays(arrays: dict[str, np.ndarray], name: str) -> _Listing:
+def list_arrays(arrays: dict[str, np.ndarray], name: str) -> _Listing:
     """X/y (+ X_val/y_val, X_test/y_test) and optional `classes`, from an .npz or from memory."""
     parts = [(k, k.replace("X", "y"), s) for k, s in (("X", "train"), ("X_val", "val"),
                                                       ("X_test", "test")) if k in arrays]

@@ -1,6 +1,6 @@
 """The lister contract and the `FORMATS` registry: a lister returns a `_Listing` of `_Entry`s
 (path or array, label, split given by the layout or None) and `_register` wraps it into a full
-loader (root check, listing, then `_finish`, which checks the classes and makes the missing
+loader (root check, listing, then `finish`, which checks the classes and makes the missing
 splits). Listers add clips named by annotation files through `_add_listed`.
 """
 
@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from clipdoctor.data.layouts.files import _ALLOW_OUTSIDE, _clip_problem, _resolve_root
+from clipdoctor.data.layouts.files import _ALLOW_OUTSIDE, _clip_problem, resolve_root
 from clipdoctor.data.source_index import Sample, Skipped, SourceIndex
-from clipdoctor.data.splits import _assign_splits, _group_of
+from clipdoctor.data.splits import assign_splits, group_of
 from clipdoctor.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -59,18 +59,18 @@ _LAYOUTS = {
 
 
 def _register(name: str) -> Callable[[_Lister], _Lister]:
-    """Put a lister into `FORMATS` as a full loader: root check, listing, then `_finish`."""
+    """Put a lister into `FORMATS` as a full loader: root check, listing, then `finish`."""
 
     def deco(lister: _Lister) -> _Lister:
         def load(root: str | Path, *, fold: int = 1, seed: int = 0, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, allow_outside_root: bool = False) -> SourceIndex:
-            path = _resolve_root(root)
+            path = resolve_root(root)
             token = _ALLOW_OUTSIDE.set(allow_outside_root)
             try:
                 listing = lister(path, fold)
             finally:
                 _ALLOW_OUTSIDE.reset(token)
-            return _finish(name, path, listing, seed, val_fraction, test_fraction)
+            return finish(name, path, listing, seed, val_fraction, test_fraction)
 
         load.__name__ = load.__qualname__ = f"load_{name}"
         load.__doc__ = lister.__doc__
@@ -80,7 +80,8 @@ def _register(name: str) -> Callable[[_Lister], _Lister]:
     return deco
 
 
-def _layouts_line() -> str:
+def layouts_line() -> str:
+    """Every layout with a few words on it, for error messages that list the choices."""
     return "; ".join(f"{name} ({text})" for name, text in _LAYOUTS.items())
 
 
@@ -95,8 +96,8 @@ def _add_listed(entries: list[_Entry], skipped: list[Skipped], entry: _Entry, so
         skipped.append(Skipped(entry.name, reason))
 
 
-def _finish(fmt: str, root: Path, listing: _Listing, seed: int, val_fraction: float,
-            test_fraction: float) -> SourceIndex:
+def finish(fmt: str, root: Path, listing: _Listing, seed: int, val_fraction: float,
+           test_fraction: float) -> SourceIndex:
     """Check the listing, make the missing splits and build the `SourceIndex`."""
     entries = listing.entries
     if not entries:
@@ -110,10 +111,10 @@ def _finish(fmt: str, root: Path, listing: _Listing, seed: int, val_fraction: fl
     if len(used) < 2:
         raise DataError(f"only one class ('{listing.classes[used[0]]}') found in {root}; a "
                         f"classifier needs at least 2 classes")
-    groups = [_group_of(e.name) if e.array is None else None for e in entries]
+    groups = [group_of(e.name) if e.array is None else None for e in entries]
     keys = [g if g is not None else f"\0{e.name}" for g, e in zip(groups, entries)]
-    splits = _assign_splits([e.label for e in entries], keys, [e.split for e in entries],
-                            seed, val_fraction, test_fraction)
+    splits = assign_splits([e.label for e in entries], keys, [e.split for e in entries],
+                           seed, val_fraction, test_fraction)
     samples = [Sample(path=e.path, label=e.label, split=s, group=g, array=e.array, name=e.name)
                for e, s, g in zip(entries, splits, groups)]
     if listing.skipped:

@@ -7,11 +7,13 @@ from pathlib import Path, PurePosixPath
 
 from clipdoctor.data.layouts.files import _LIST_LINE, _inside, _need_dir, _rel, _text_lines
 from clipdoctor.data.layouts.registry import _add_listed, _Entry, _Listing, _register
-from clipdoctor.data.splits import _UCF_GROUP
+from clipdoctor.data.splits import UCF_GROUP
 from clipdoctor.errors import DataError
 
 
-def _ucf_lists_dir(root: Path) -> Path | None:
+def ucf_lists_dir(root: Path) -> Path | None:
+    """The folder holding UCF101's `classInd.txt` (the root or its `ucfTrainTestlist/`), or
+    None: format detection asks it too."""
     for folder in (root, root / "ucfTrainTestlist"):
         if (folder / "classInd.txt").is_file():
             return folder
@@ -57,7 +59,7 @@ def _ucf_class(rel: str, label: int | None, classes: list[str], where: str) -> s
         return folder
     if label is not None:
         return classes[label - 1]
-    match = _UCF_GROUP.match(PurePosixPath(rel).stem)
+    match = UCF_GROUP.match(PurePosixPath(rel).stem)
     if match and match.group(1) in classes:
         return match.group(1)
     raise DataError(f"{where}: cannot tell the class of '{rel}'; write it as <class>/<video>")
@@ -67,7 +69,7 @@ def _ucf_class(rel: str, label: int | None, classes: list[str], where: str) -> s
 def _list_ucf101(root: Path, fold: int) -> _Listing:
     """UCF101: classInd.txt (1-based) + trainlistNN.txt (with labels) + testlistNN.txt."""
     _need_dir(root, "ucf101")
-    lists = _ucf_lists_dir(root)
+    lists = ucf_lists_dir(root)
     if lists is None:
         raise DataError(f"no classInd.txt in {root} or {root}/ucfTrainTestlist; the ucf101 layout "
                         f"needs classInd.txt and trainlistNN.txt/testlistNN.txt")

@@ -1,20 +1,22 @@
-"""Model wiring checks (DESIGN §4, area "model"): pure decisions on how the model is put
-together and fed: outputs vs labels and loss, a softmax before the loss, batch and time axes,
-bidirectional read-outs, padding masks, frozen BatchNorm.
+"""Model checks (DESIGN §4, area "model"): pure decisions on how the model is put together
+and fed (outputs vs labels and loss, a softmax before the loss, batch and time axes,
+bidirectional read-outs, padding masks, frozen BatchNorm), what it starts from (loaded
+weights, the loss at init) and what it can represent (trainable parameters per clip, the
+narrowest feature width, motion left in the pooled features).
 
-Each check reads `probes.get(...)` only. Thresholds are named constants; the comment on each
-says where the number comes from (FIELD-NOTES, a mathematical bound, or what we measured on
-the synthetic demo data, sick vs healthy, with `tests/diagnose/test_model_checks.py`). The
-checks of what the model starts from and can represent (weights, loss at init, size, feature
-width, motion) are in `model_capacity.py`.
+Each check reads the model probes' measurements only. Thresholds are named constants; the
+comment on each says where the number comes from (FIELD-NOTES, a mathematical bound, or what
+we measured on the synthetic demo data, sick vs healthy, with
+`tests/diagnose/test_model_checks.py`).
 """
 
 from __future__ import annotations
 
 import math
 
+from clipdoctor.diagnose.checks.common import get
 from clipdoctor.diagnose.findings import Finding
-from clipdoctor.diagnose.probes import Probes, ProbeSkipped
+from clipdoctor.diagnose.probes import Probes
 from clipdoctor.diagnose.registry import check
 
 # Cross-sample leak: the input gradient of clip 0's output that lands on other clips, as a
@@ -32,21 +34,36 @@ LAST_STEP_SHARE = 0.9
 # packing its sequences) measured 0 to 1e-5; unmasked user LSTMs measured 0.26-0.94 (padding
 # moves the prediction about as far as swapping in another clip). 0.1 leaves a wide margin.
 PAD_REL_CHANGE = 0.1
+# Loss at init: Karpathy's recipe expects ln K (FIELD-NOTES). Above 2x ln K the first logits are
+# confidently wrong; measured healthy: 0.99-1.10x for the built-in model (demo config, all six
+# heads, gap / grid / attention pools) and 1.0-1.05x for small user CNN-LSTMs; a user model
+# whose last layer starts 30x too large measured 1.6x, 100x too large 4.2x.
+INIT_LOSS_RATIO = 2.0
+# ...or the first predictions are already near one-hot on average (uniform would be 1/K).
+INIT_MAX_PROB = 0.9
+# Trainable parameters per training clip. The demo's healthy reference (test_resnet end to end,
+# 687 k parameters, 256 training clips) sits at 2.7 k; the default frozen resnet10t head on
+# UCF101 at ~170. Conservative on purpose (FIELD-NOTES only reports "far too small" datasets):
+# info at 7x the demo, warning at 70x (e.g. an unfrozen resnet50, 25 M, on 120 clips).
+PARAMS_PER_CLIP_INFO = 2e4
+PARAMS_PER_CLIP_WARN = 2e5
+# Motion: held-out accuracy of the linear probe over time on the features the model pools,
+# below the same probe on 2x2-grid features. Measured with the demo CNN at 64 px, 12-16 clips
+# per class, 3 seeds: move_left/right and move_up/down pairs 0.14-0.55 lower, flagged in 10 of
+# 12 runs; grow/shrink, rotation and colour-defined classes at most 0.15 lower (usually gap is
+# as good or better), flagged in 0 of 18 runs. 8 classes: 0.24 lower (demo data, 40 per class),
+# 0.29 (resnet10t, 112 px). The gap must also clear twice its binomial standard error, so
+# tiny datasets cannot raise it by noise alone.
+MOTION_ACC_GAP = 0.15
+MOTION_SIGMA = 2.0
 
 
-def _get(probes: Probes, name: str) -> dict:
-    value = probes.get(name)
-    if not isinstance(value, dict):
-        raise ProbeSkipped(f"'{name}' gave no measurements")
-    return value
+# ==== wiring: outputs, loss, axes, read-outs, padding, frozen BatchNorm ====================
 
-
-# ---------------------------------------------------------------------------------------------
-
-@check("loss-output-mismatch", order=15)
+@check("loss-output-mismatch", order=15, requires=("label_range",))
 def loss_output_fit(probes: Probes) -> list[Finding]:
     """Output shape and width vs the labels and the loss (mmaction2 #2120, #1469)."""
-    r = _get(probes, "label_range")
+    r = probes.get("label_range")
     shape, W, K = r.get("output_shape"), r.get("output_width"), r.get("num_classes")
     lo, hi = r["label_min"], r["label_max"]
     ev = {"output_shape": shape, "output_width": W, "classes": K, "label_min": lo, "label_max": hi}
@@ -88,16 +105,12 @@ def loss_output_fit(probes: Probes) -> list[Finding]:
     return []
 
 
-@check("double-softmax", order=20)
+@check("double-softmax", order=20, requires=("behaviour", "structure"))
 def double_softmax(probes: Probes) -> list[Finding]:
     """Probability outputs (rows in [0, 1] summing to 1) into a loss that applies its own
     softmax (shift-invariant, like cross-entropy) or expects log-probabilities (NLL)."""
-    b = _get(probes, "behaviour")
-    try:
-        s = _get(probes, "structure")
-    except ProbeSkipped:
-        s = {}
-    final = s.get("final_op")
+    b = probes.get("behaviour")
+    final = (get(probes, "structure", optional=True) or {}).get("final_op")
     K = b["output_shape"][-1] if b.get("output_shape") else None
     ev = {"output_min": b.get("output_min"), "output_max": b.get("output_max"),
           "row_sum_max_dev": b.get("row_sum_max_dev"), "row_sum_tolerance": 1e-3,
@@ -127,11 +140,11 @@ def double_softmax(probes: Probes) -> list[Finding]:
     return []
 
 
-@check("batch-time-swapped", order=20)
+@check("batch-time-swapped", order=20, requires=("behaviour",))
 def batch_time_axes(probes: Probes) -> list[Finding]:
     """Clip 0's output must not depend on other clips' frames (HHTseng #42), and RNNs must be
     fed (batch, time) the way they are declared."""
-    b = _get(probes, "behaviour")
+    b = probes.get("behaviour")
     leak = b.get("cross_sample_leak")
     swapped = [r for r in b.get("rnns", []) if r.get("fed") == "swapped"]
     ev = {"cross_sample_leak": leak, "leak_tolerance": LEAK_TOL, "batch": b.get("batch"),
@@ -158,14 +171,11 @@ def batch_time_axes(probes: Probes) -> list[Finding]:
         math.log(max((b.get("output_shape") or [0, 2])[-1], 2)))]  # the whole loss is at stake
 
 
-@check("bidirectional-last-step", order=25)
+@check("bidirectional-last-step", order=25, requires=("behaviour", "structure"))
 def bidirectional_readout(probes: Probes) -> list[Finding]:
     """A bidirectional RNN read at output[:, -1]: its backward half there has seen one frame."""
-    b = _get(probes, "behaviour")
-    try:
-        fx_reads = _get(probes, "structure").get("last_step_reads", [])
-    except ProbeSkipped:
-        fx_reads = []
+    b = probes.get("behaviour")
+    fx_reads = (get(probes, "structure", optional=True) or {}).get("last_step_reads", [])
     hits = [r for r in b.get("rnns", []) if r.get("bidirectional")
             and (r.get("backward_last_share") or 0.0) >= LAST_STEP_SHARE]
     names = sorted({r["name"] for r in hits} | set(fx_reads))
@@ -182,10 +192,10 @@ def bidirectional_readout(probes: Probes) -> list[Finding]:
         "output[:, -1, :H] with output[:, 0, H:]); the built-in --head bilstm does this.", 0.5)]
 
 
-@check("unmasked-padding", order=30)
+@check("unmasked-padding", order=30, requires=("behaviour",))
 def padding_mask(probes: Probes) -> list[Finding]:
     """Zero padding after the valid steps changes the outputs, and the pipeline pads clips."""
-    p = _get(probes, "behaviour").get("padding") or {}
+    p = probes.get("behaviour").get("padding") or {}
     rel = p.get("relative_change")
     if rel is None or rel <= PAD_REL_CHANGE or not p.get("pipeline_pads"):
         return []
@@ -207,17 +217,16 @@ def padding_mask(probes: Probes) -> list[Finding]:
         min(rel, 1.0))]
 
 
-@check("frozen-batchnorm-drift", order=30)
+@check("frozen-batchnorm-drift", order=30, requires=("bn_drift", "structure"))
 def frozen_batchnorm(probes: Probes) -> list[Finding]:
     """Frozen BatchNorm layers whose running statistics still move in training (HHTseng #49)."""
-    try:
-        d = _get(probes, "bn_drift")
-        drifted, change = d.get("drifted", []), d.get("max_relative_change", 0.0)
-        static = False
-    except ProbeSkipped:
-        d = _get(probes, "structure")
+    d = get(probes, "bn_drift", optional=True)
+    static = d is None  # no training step measured: what the structure says
+    if static:
+        d = probes.get("structure")
         drifted, change = d.get("frozen_batchnorm_train_mode", []), None
-        static = True
+    else:
+        drifted, change = d.get("drifted", []), d.get("max_relative_change", 0.0)
     if not drifted:
         return []
     ev = {"drifted_layers": len(drifted), "frozen_batchnorm_layers": d.get("frozen_batchnorm"),
@@ -231,3 +240,178 @@ def frozen_batchnorm(probes: Probes) -> list[Finding]:
         "Keep frozen parts in eval mode: override train() to call .eval() on the frozen "
         "backbone (clipdoctor's --freeze-backbone does), or freeze BatchNorm statistics "
         "with track_running_stats / momentum=0.", min(change, 1.0) if change else 0.3)]
+
+
+# ==== what the model starts from and can represent ===========================================
+
+def _builtin(probes: Probes) -> bool:
+    return (get(probes, "model_summary", optional=True) or {}).get("source") == "built-in"
+
+
+@check("weights-not-loaded", order=10, requires=("weights",))
+def weights_loaded(probes: Probes) -> list[Finding]:
+    """Requested weights vs what reached the backbone (or the user model's parameters)."""
+    w = probes.get("weights")
+    if w.get("source") == "user":
+        return _user_weights(w)
+    frozen = w.get("backbone_frozen")
+    ev = {k: w.get(k) for k in ("requested", "loaded", "backbone_tensors", "missing",
+                                "unexpected", "missing_examples", "unexpected_examples",
+                                "backbone_frozen")}
+    if w["requested"] != "random" and w["loaded"] == "random":
+        return [Finding(
+            "weights-not-loaded", "error" if frozen else "warning",
+            f"Pretrained weights were requested ({w['requested']}) but the backbone is random",
+            ev, "Check the network / file and re-run; or pass a local file with --weights FILE.",
+            1.0)]
+    if w["missing"]:  # any missing tensor stays random (FIELD-NOTES: TDN #21, 3D-ResNets #256)
+        share = w["missing"] / max(w["backbone_tensors"], 1)
+        return [Finding(
+            "weights-not-loaded", "warning",
+            f"Weights loaded only partly: {w['missing']} of {w['backbone_tensors']} backbone "
+            f"tensors missing ({share:.0%}), {w['unexpected']} unexpected",
+            {**ev, "missing_share": share},
+            f"Use a weights file made for '{w['backbone']}' (same timm name and variant); the "
+            "missing tensors stay random.", share)]
+    if w["requested"] == "random" and frozen:
+        return [Finding(
+            "weights-not-loaded", "warning",
+            f"The frozen backbone '{w['backbone']}' has random weights: its features never learn",
+            ev, "Load weights (--pretrained or --weights FILE), or train the backbone "
+            "(--no-freeze-backbone).", 0.5)]
+    if w["unexpected"]:
+        return [Finding(
+            "weights-not-loaded", "info",
+            f"{w['unexpected']} tensors of the weights file found no place in the backbone",
+            ev, "Harmless if the file also holds another head; otherwise check it belongs to "
+            f"'{w['backbone']}'.", 0.0)]
+    return []
+
+
+def _user_weights(w: dict) -> list[Finding]:
+    ev = {k: w.get(k) for k in ("requested", "file_tensors", "model_tensors", "matched", "equal",
+                                "differ_examples")}
+    if w["matched"] == 0:
+        return [Finding(
+            "weights-not-loaded", "warning",
+            f"None of the {w['file_tensors']} tensors in {w['requested']} match the model's "
+            "parameter names and shapes", ev,
+            "Load the file with model.load_state_dict(torch.load(FILE), strict=True) to see "
+            "the mismatching keys; strip wrapper prefixes such as 'module.'.", 1.0)]
+    if w["equal"] < w["matched"]:
+        share = 1 - w["equal"] / w["matched"]
+        return [Finding(
+            "weights-not-loaded", "warning",
+            f"{w['matched'] - w['equal']} of {w['matched']} tensors in {w['requested']} differ "
+            "from the model's parameters: the file was not loaded", {**ev, "differ_share": share},
+            "Call model.load_state_dict(torch.load(FILE)) before training (and check its "
+            "missing / unexpected keys).", share)]
+    return []
+
+
+@check("feature-bottleneck", order=35, requires=("widths", "model_summary"))
+def feature_width(probes: Probes) -> list[Finding]:
+    """A width on the way to the logits below K - 1: K class means need K - 1 dimensions to
+    be linearly separable in general, so fewer forces classes to share directions."""
+    w = probes.get("widths")
+    K, narrow = w.get("classes"), w.get("narrowest")
+    if K is None or narrow is None or narrow >= K - 1:
+        return []
+    ev = {"classes": K, "narrowest": narrow, "at": w.get("narrowest_at"),
+          "widths": w.get("widths"), "needed": K - 1}
+    for key in ("probe_full_accuracy", "probe_narrow_accuracy", "probe_clips"):
+        if w.get(key) is not None:
+            ev[key] = w[key]
+    lost = (w.get("probe_full_accuracy") or 0) - (w.get("probe_narrow_accuracy") or 0)
+    remedy = (f"Widen the features: --proj-dim {max(256, 2 * K)} --hidden {max(256, 2 * K)} "
+              "(and --pool grid for a wider pooled feature)." if _builtin(probes) else
+              f"Widen '{w.get('narrowest_at')}' to at least {K} units (2x K is a safe start).")
+    return [Finding(
+        "feature-bottleneck", "warning",
+        f"Features narrow to {narrow} dimensions at {w.get('narrowest_at')} for {K} classes",
+        ev, remedy, max(lost, 0.1))]
+
+
+@check("motion-invisible-features", order=60, requires=("motion_features",))
+def motion_visibility(probes: Probes) -> list[Finding]:
+    """The pooled features lose the motion that 2x2-grid features of the same frames keep."""
+    m = probes.get("motion_features")
+    used, a_used, a_grid = m.get("used"), m.get("accuracy_used"), m.get("accuracy_grid")
+    if used not in ("gap", "gap+rgbdiff") or a_used is None or a_grid is None:
+        return []
+    n = max(m["clips"], 1)
+    se = math.sqrt(a_used * (1 - a_used) / n + a_grid * (1 - a_grid) / n)
+    gap = a_grid - a_used
+    if gap < max(MOTION_ACC_GAP, MOTION_SIGMA * se):
+        return []
+    ev = {"pool": m.get("pool"), "accuracy_model_features": a_used, "accuracy_grid_2x2": a_grid,
+          "chance": m.get("chance"), "accuracy_gap": gap, "threshold": MOTION_ACC_GAP,
+          "standard_error": se, "clips": m["clips"], "change_model_features": m.get("change_gap"),
+          "change_grid_features": m.get("change_grid"),
+          "probe": "logistic regression on per-frame PCA-32 features: clip mean and "
+                   "late-minus-early difference, 3-fold CV"}
+    with_diff = used == "gap+rgbdiff"
+    remedy = ("Keep position in the per-frame features: --pool grid (measured on the demo's "
+              "direction pairs: the RGB-difference stream under global pooling still cannot tell "
+              "left from right; --pool grid --rgb-diff shared was the best row)." if with_diff else
+              "Keep position in the per-frame features: --pool grid (or --pool attention), and "
+              "add the RGB-difference stream (--rgb-diff shared) for direction; --rgb-diff alone "
+              "with --pool gap recovered growth / rotation pairs but not left / right.")
+    ev["rgb_diff"] = with_diff
+    return [Finding(
+        "motion-invisible-features", "warning",
+        f"Global pooling hides the motion{' (frame differences included)' if with_diff else ''}: "
+        f"a linear probe over time reads the classes at {a_grid:.0%} from 2x2-grid features but "
+        f"{a_used:.0%} from the pooled ones", ev, remedy, gap)]
+
+
+@check("oversized-model", order=12, requires=("model_summary",))
+def model_size(probes: Probes) -> list[Finding]:
+    """Trainable parameters per training clip (a frozen backbone does not count)."""
+    s = probes.get("model_summary")
+    n, trainable = s.get("train_clips"), s.get("trainable")
+    if not n or not trainable:
+        return []
+    per = trainable / n
+    if per < PARAMS_PER_CLIP_INFO:
+        return []
+    severity = "warning" if per >= PARAMS_PER_CLIP_WARN else "info"
+    ev = {"trainable_parameters": trainable, "frozen_parameters": s.get("frozen"),
+          "train_clips": n, "per_clip": per, "info_at": PARAMS_PER_CLIP_INFO,
+          "warning_at": PARAMS_PER_CLIP_WARN}
+    remedy = ("Freeze the backbone (--freeze-backbone, with --pretrained weights), shrink the "
+              "head (--hidden 128 --proj-dim 128), or collect more clips."
+              if s.get("source") == "built-in" else
+              "Freeze the pretrained part (requires_grad=False, kept in eval mode), use a "
+              "smaller network, or collect more clips.")
+    return [Finding(
+        "oversized-model", severity,
+        f"{trainable / 1e6:.1f} M trainable parameters for {n} training clips "
+        f"({per:,.0f} per clip)", ev, remedy, math.log10(per / PARAMS_PER_CLIP_INFO) + 0.1)]
+
+
+@check("bad-init-loss", order=40, requires=("loss_at_init",))
+def init_loss(probes: Probes) -> list[Finding]:
+    """Loss at initialisation vs ln K (Karpathy): far above means confidently wrong logits."""
+    r = probes.get("loss_at_init")
+    if "error" in r:
+        return []  # the loss cannot run: loss-output-mismatch says why
+    K, loss, ratio = r["classes"], r["loss"], r.get("ratio")
+    ev = {"loss": loss, "ln_k": r["ln_k"], "ratio": ratio, "ratio_threshold": INIT_LOSS_RATIO,
+          "mean_max_prob": r.get("mean_max_prob"), "max_prob_threshold": INIT_MAX_PROB,
+          "top_class_share": r.get("top_class_share"), "logit_std": r.get("logit_std"),
+          "clips": r.get("clips")}
+    finite = r.get("finite", True) and math.isfinite(loss)
+    high = ratio is not None and ratio > INIT_LOSS_RATIO
+    peaked = K > 1 and (r.get("mean_max_prob") or 0) > INIT_MAX_PROB
+    if finite and not high and not peaked:
+        return []
+    title = (f"Loss at initialisation is not finite ({loss})" if not finite else
+             f"Loss at initialisation is {loss:.2f}, {ratio:.1f}x ln({K}) = {r['ln_k']:.2f}"
+             if high else f"First predictions are already confident (mean top probability "
+             f"{r['mean_max_prob']:.2f} for {K} classes)")
+    return [Finding(
+        "bad-init-loss", "warning", title, ev,
+        "Start from near-uniform predictions: initialise the last layer small (e.g. "
+        "nn.init.zeros_ on its bias, std 0.01 on its weight) and check the input scale "
+        "(normalised clips, no 0-255 values).", (loss - r["ln_k"]) if finite else 10.0)]

@@ -1,9 +1,11 @@
-"""Temporal checks: does the model use frame order, and does the sequence beat one frame?
+"""Temporal checks (DESIGN §4, area "temporal"): does the model use frame order, does the
+sequence beat one frame, and do the sampled frames cover the motion at all?
 
-Pure functions of `temporal_eval` (the short-run model on validation clips as they are, with
-frames shuffled, and with one frame repeated T times). Whether a task *needs* order is not
-known in general, so the findings are warnings only where the evidence says the model is
-stuck: an order-blind model that has not learned; otherwise they are info.
+Order and gain are pure functions of `temporal_eval` (the short-run model on validation clips
+as they are, with frames shuffled, and with one frame repeated T times). Whether a task
+*needs* order is not known in general, so those findings are warnings only where the evidence
+says the model is stuck: an order-blind model that has not learned; otherwise they are info.
+The sequence length is judged on `clip_scan` (frames per clip, the span the sampler covers).
 
 Measured on the demo data (8 classes in time-reversed pairs, `demo_config()`, short run of 8
 epochs): val accuracy 0.69, frames shuffled 0.28, best single frame 0.22 (chance 0.125). With
@@ -13,12 +15,19 @@ model stays at chance.
 
 from __future__ import annotations
 
+import math
+from statistics import median
+
 from clipdoctor.diagnose.findings import Finding
 from clipdoctor.diagnose.probes import Probes
 from clipdoctor.diagnose.registry import check
 
 ORDER_DROP = 0.05  # shuffling costs less than 5 points of accuracy: order unused (demo: 41 points)
 TEMPORAL_GAIN = 0.03  # the sequence beats the best single frame by less than 3 points (demo: 47)
+# -- sequence too short ---------------------------------------------------------------------
+COVERAGE_MIN = 1 / 3  # sampled span / clip (FIELD-NOTES: keras.io takes the first 20 frames, ~0.1
+# of an average UCF101 clip of 7 s at 25 fps); uniform sampling covers 1 - 1/T (0.94 at T=8)
+MIN_STEPS = 4  # fewer sampled frames than this cannot show a motion's course (start, middle, end)
 
 
 def _base_evidence(t: dict) -> dict:
@@ -27,7 +36,7 @@ def _base_evidence(t: dict) -> dict:
                               "order_invariant", "best_single_frame", "best_single_acc")}
 
 
-@check("temporal-order-ignored", order=80)
+@check("temporal-order-ignored", order=80, requires=("temporal_eval",))
 def frame_order(probes: Probes) -> list[Finding]:
     """Order-invariant output (exact), or a model above chance whose accuracy survives
     shuffled frames."""
@@ -55,7 +64,7 @@ def frame_order(probes: Probes) -> list[Finding]:
     return []
 
 
-@check("no-temporal-gain", order=81)
+@check("no-temporal-gain", order=81, requires=("temporal_eval",))
 def temporal_gain(probes: Probes) -> list[Finding]:
     """The sequence model is no better than its best single frame repeated T times. Info only:
     a short run may not have learned the motion yet, and some tasks need no motion."""
@@ -72,3 +81,33 @@ def temporal_gain(probes: Probes) -> list[Finding]:
         "grid), use a temporal head (--head bilstm) and more frames (--frames 16); otherwise a "
         "per-frame model (--head meanpool) is cheaper.",
         effect=0.05)]
+
+
+@check("sequence-too-short", order=21, requires=("clip_scan",))
+def sequence_length(probes: Probes) -> list[Finding]:
+    """Too few frames sampled, or a sampled span far shorter than the clip."""
+    scan = probes.get("clip_scan")
+    clips, sampling = scan["_clips"], scan["sampling"]
+    if not clips:
+        return []
+    t = sampling["frames"]
+    coverage = median(c["coverage"] for c in clips)
+    frames = median(c["frames"] for c in clips)
+    problems = []
+    if coverage < COVERAGE_MIN:
+        problems.append(f"the {t} sampled frames span {coverage:.0%} of a typical clip "
+                        f"({frames:.0f} frames)")
+    if t < MIN_STEPS and frames > t:
+        problems.append(f"only {t} frames are sampled per clip")
+    if not problems:
+        return []
+    gaps = [c["sampled_gap_s"] for c in clips if c["sampled_gap_s"] is not None]
+    return [Finding(
+        "sequence-too-short", "warning", "; ".join(problems),
+        {"frames_sampled": t, "median_clip_frames": frames, "median_coverage": coverage,
+         "coverage_min": COVERAGE_MIN, "min_steps": MIN_STEPS, "sampler": sampling["sampler"],
+         "stride": sampling["stride"],
+         "median_gap_s": round(median(gaps), 3) if gaps else None},
+        "Cover the whole clip: --sampler uniform (TSN segments), or a larger --stride with "
+        "the dense sampler, and more steps (--frames 16).",
+        effect=(1 - min(coverage, 1.0)) * math.log(2))]

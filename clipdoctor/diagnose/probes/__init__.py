@@ -1,56 +1,97 @@
 """Shared measurements ("probes"), computed once, on demand, within a time budget.
 
-A probe is a function `(ctx: Context, probes: Probes) -> dict` registered with `@probe(name)`.
-Checks ask `probes.get(name)`; the first ask computes it, later asks reuse the value. A probe
-that cannot run (no data, user model without the needed structure, budget spent) raises
+A probe is a function `(ctx: Context, probes: Probes) -> value` registered with
+`@probe(name, needs=...)`, where `needs` names the probes it reads. Checks ask
+`probes.get(name)`; the first ask computes it, later asks reuse the value. A probe that
+cannot run (no data, user model without the needed structure, budget spent) raises
 `ProbeSkipped(reason)`; the check asking for it is then reported as skipped with that reason.
+Checks and probes see only what they declare (`Probes.only`): reading anything else is a bug,
+raised as `UndeclaredProbe`.
+
+The training probes share the time budget by declared `share`s; `Budget.plan` hands the shares
+of probes no selected check needs to the ones that are needed.
 
 Tests (and anyone replaying a report) build `Probes(values={...})` from scripted numbers:
-checks never compute anything themselves, so each can be tested on measurements alone.
+checks never compute anything themselves, so each can be tested on measurements alone. The
+four probes the report plots return typed results (`results.py`); their dicts are read back
+into them on the way in.
 
 Probe implementations live beside this file: the data probes in `data.py`, `clip_scan.py` and
-`features.py`; `model.py`; the training probes in `training.py` (the shared training data) and
-`lr_range.py`, `overfit_batch.py`, `grad_stats.py`, `short_run.py`, `temporal_eval.py`; what a
-run folder recorded in `run.py`.
+`features.py`; the model probes in `model.py`, `model_behaviour.py` and `model_features.py`;
+the training probes in `training.py` (the shared training data) and `lr_range.py`,
+`overfit_batch.py`, `grad_stats.py`, `short_run.py`, `temporal_eval.py`; what a run folder
+recorded in `run.py`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from clipdoctor.config import RunConfig
 from clipdoctor.data.sources import SourceIndex
+from clipdoctor.diagnose.probes.results import read_result
 
 log = logging.getLogger(__name__)
 
 
 class ProbeSkipped(Exception):
-    """A measurement that was not taken; the message says why (shown in the report)."""
+    """A measurement that was not taken; the message says why (shown in the report). `probe`
+    names the probe that was skipped; None when a check declines on what it measured."""
+
+    def __init__(self, reason: str, probe: str | None = None) -> None:
+        super().__init__(reason)
+        self.probe = probe
+
+
+class UndeclaredProbe(Exception):
+    """A check or probe read a probe it does not declare: a bug in that check or probe."""
+
+
+def default_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss when none is given: plain cross-entropy on logits (unweighted)."""
+    return torch.nn.functional.cross_entropy(logits, y)
 
 
 class Budget:
     """Wall-clock budget shared by all probes. Probes shrink (fewer clips, fewer steps)
-    rather than overrun: `fraction()` says how much of the total is still left."""
+    rather than overrun: `scale()` sizes them to the budget, `allowance()` is what a probe
+    with a share may spend."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = float(seconds)
         self.started = time.perf_counter()
+        self.share_scale = 1.0  # set by plan(): every declared share times this
+
+    def plan(self, needed: Iterable[str]) -> None:
+        """Give the shares of the probes outside `needed` to the needed ones, in proportion:
+        the probes of a few selected checks spend what all of them would; with every check
+        selected each probe keeps its declared share."""
+        needed = set(needed)
+        shares = {name: spec.share for name, spec in PROBES.items() if spec.share}
+        used = sum(v for name, v in shares.items() if name in needed)
+        self.share_scale = sum(shares.values()) / used if used else 1.0
+
+    def share(self, name: str) -> float:
+        """The planned share of the whole budget for probe `name`."""
+        return PROBES[name].share * self.share_scale
+
+    def allowance(self, name: str) -> float:
+        """Seconds probe `name` may spend: its planned share, never more than is left."""
+        return max(0.0, min(self.share(name) * self.seconds, self.remaining()))
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def remaining(self) -> float:
         return max(0.0, self.seconds - self.elapsed())
-
-    def fraction(self) -> float:
-        return self.remaining() / self.seconds if self.seconds > 0 else 0.0
 
     def scale(self, full: int, minimum: int = 1) -> int:
         """`full` at a 120 s budget, proportionally less for a smaller one, never below `minimum`."""
@@ -81,23 +122,38 @@ class Context:
 @dataclass(frozen=True)
 class ProbeSpec:
     name: str
-    fn: Callable[[Context, "Probes"], dict]
+    fn: Callable[[Context, "Probes"], Any]
     min_s: float  # below this much remaining budget the probe is skipped
+    share: float  # of the whole budget it may spend (0: sized by Budget.scale alone)
+    needs: tuple[str, ...]  # the probes it reads
 
 
 PROBES: dict[str, ProbeSpec] = {}
 
 
-def probe(name: str, *, min_s: float = 0.0) -> Callable:
-    """Register a probe under a unique name."""
+def probe(name: str, *, min_s: float = 0.0, share: float = 0.0,
+          needs: tuple[str, ...] = ()) -> Callable:
+    """Register a probe under a unique name, with the probes it reads (`needs`)."""
 
-    def deco(fn: Callable[[Context, "Probes"], dict]) -> Callable:
+    def deco(fn: Callable[[Context, "Probes"], Any]) -> Callable:
         if name in PROBES:
             raise ValueError(f"probe '{name}' registered twice ({PROBES[name].fn.__module__})")
-        PROBES[name] = ProbeSpec(name, fn, min_s)
+        PROBES[name] = ProbeSpec(name, fn, min_s, share, tuple(needs))
         return fn
 
     return deco
+
+
+def with_needs(names: Iterable[str]) -> set[str]:
+    """`names` and every probe they need, directly or through other probes."""
+    out: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in out:
+            out.add(name)
+            todo += PROBES[name].needs if name in PROBES else ()
+    return out
 
 
 class Probes:
@@ -105,45 +161,51 @@ class Probes:
 
     def __init__(self, ctx: Context | None = None, values: dict[str, Any] | None = None) -> None:
         self.ctx = ctx
-        self.values: dict[str, Any] = dict(values or {})
+        self.values: dict[str, Any] = {k: read_result(k, v) for k, v in (values or {}).items()}
         self.skipped: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
+        self._allowed: frozenset[str] | None = None  # set on views made by only()
+        self._root = self
+
+    def only(self, names: Iterable[str]) -> Probes:
+        """A view that may read `names` only (what a check or probe declares); values, skips
+        and timings are shared with these probes."""
+        view = copy.copy(self)
+        view._allowed = frozenset(names)
+        return view
 
     def get(self, name: str) -> Any:
+        if self._allowed is not None and name not in self._allowed:
+            raise UndeclaredProbe(f"'{name}' is read but not declared (declared: "
+                                  f"{', '.join(sorted(self._allowed))})")
         if name in self.values:
             return self.values[name]
+        if name not in self.skipped:
+            self._measure(name)
         if name in self.skipped:
-            raise ProbeSkipped(self.skipped[name])
+            raise ProbeSkipped(self.skipped[name], probe=name)
+        return self.values[name]
+
+    def _measure(self, name: str) -> None:
+        """Take measurement `name` into `values`, or its reason into `skipped`."""
         if self.ctx is None or name not in PROBES:
             self.skipped[name] = f"'{name}' was not measured"
-            raise ProbeSkipped(self.skipped[name])
+            return
         spec = PROBES[name]
         if self.ctx.budget.remaining() < spec.min_s:
             self.skipped[name] = (f"time budget spent ({self.ctx.budget.seconds:.0f} s); "
                                   f"'{name}' needs about {spec.min_s:.0f} s more (raise --budget)")
-            raise ProbeSkipped(self.skipped[name])
+            return
         started = time.perf_counter()
         try:
-            value = spec.fn(self.ctx, self)
+            self.values[name] = spec.fn(self.ctx, self._root.only(spec.needs))
         except ProbeSkipped as e:
             self.skipped[name] = str(e)
-            raise
         except Exception as e:  # a broken probe must not sink the report
             log.debug("probe %s failed", name, exc_info=True)
             self.skipped[name] = f"probe '{name}' failed: {type(e).__name__}: {e}"
-            raise ProbeSkipped(self.skipped[name]) from e
         finally:
             self.seconds[name] = round(time.perf_counter() - started, 3)
-        self.values[name] = value
-        return value
-
-    def has(self, name: str) -> bool:
-        """True when the measurement exists or can be taken (computes it)."""
-        try:
-            self.get(name)
-            return True
-        except ProbeSkipped:
-            return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,23 +37,6 @@ THUMB = 8  # near-duplicates: each sampled frame as 8 x 8 block means (model-fre
 SCAN_SHARE = 0.1  # clip_scan may use this share of the whole budget (~3 ms a cached clip)
 
 
-def _kept_frames(dm: Any, sample: Sample, info: Any) -> np.ndarray:
-    """The frames the data module keeps of a clip, (K, S, S, 3) uint8: the cache's frames
-    (uniform over the clip), or the same frames decoded small when the cache is off."""
-    if dm.cache is not None:
-        return dm.cache.frames(sample)
-    from clipdoctor.data.cache import kept_indices, read_sample
-
-    idx = kept_indices(info.frames, dm.config.cache_frames)
-    return read_sample(sample, idx, min(dm.config.frame_size, 2 * SCAN_SIDE), info)
-
-
-def _info(dm: Any, sample: Sample) -> Any:
-    from clipdoctor.data.cache import probe_sample
-
-    return dm.cache.probe(sample) if dm.cache is not None else probe_sample(sample)
-
-
 def _shrink(frames: np.ndarray) -> np.ndarray:
     """(K, H, W, 3) uint8 -> (K, h, w, 3) float32 block means, h and w about SCAN_SIDE: block
     means keep what moves and average pixel noise away (striding would keep the noise)."""
@@ -106,8 +89,10 @@ def _thumbnail(frames: np.ndarray) -> np.ndarray:
 
 def _scan_one(dm: Any, sample: Sample) -> tuple[dict, np.ndarray]:
     """File facts and pixel statistics of one readable clip, and its thumbnail."""
-    info = _info(dm, sample)
-    f = _shrink(np.asarray(_kept_frames(dm, sample, info)))  # (K, h, w, 3) float32, 0..255
+    info = dm.frames.probe(sample)
+    # the frames the data module keeps of the clip (the cache's, or the same decoded small)
+    kept = dm.frames.kept(sample, min(dm.config.frame_size, 2 * SCAN_SIDE))
+    f = _shrink(np.asarray(kept))  # (K, h, w, 3) float32, 0..255
     d1, d2 = _steps(f, 1), _steps(f, 2)
     idx = _sampled(dm, len(f))
     thumb = _thumbnail(f[idx])
@@ -188,7 +173,7 @@ def clip_scan(ctx: Context, probes: Probes) -> dict:
         "summary": _scan_summary(clips),
         "sampling": {"sampler": c.sampler, "frames": c.frames, "stride": c.stride,
                      "max_stride": c.max_stride, "short": c.short, "cache_frames": c.cache_frames,
-                     "cached": dm.cache is not None},
+                     "cached": dm.frames.cache is not None},
         "definitions": {"flat_std": FLAT_STD, "detour_ratio": DETOUR_RATIO,
                         "detour_min_step": DETOUR_MIN_STEP, "scan_side": SCAN_SIDE},
         "_clips": clips,

@@ -1,8 +1,8 @@
 """Data probes: what the dataset holds and what the model really receives.
 
-Measurements only; the data checks (`checks/data.py`, `checks/inputs.py`) decide. Raw per-clip
-values sit under keys starting with `_` (kept out of the JSON report); public keys hold
-summaries.
+Measurements only; the checks decide (`checks/data.py`, and `checks/training.py` for how
+classes are weighted). Raw per-clip values sit under keys starting with `_` (kept out of the
+JSON report); public keys hold summaries.
 
 - `dataset`: classes, clips per split and class, unreadable files, how classes are weighted,
   model capacity.
@@ -26,9 +26,9 @@ from torch import nn
 
 from clipdoctor.data.sources import SPLITS
 from clipdoctor.diagnose.probes import (Context, Probes, ProbeSkipped, _is_index, _need_index,
-                                        base_model, clip_batch, datamodule, need_data, pick,
-                                        probe)
-from clipdoctor.diagnose.probes.clip_scan import _info, _kept_frames
+                                        base_model, clip_batch, datamodule, default_loss,
+                                        need_data, pick, probe)
+from clipdoctor.diagnose.probes.clip_scan import SCAN_SIDE
 
 
 # =============================================================================================
@@ -48,10 +48,8 @@ def loss_weighting(ctx: Context) -> tuple[str, str, str]:
     weighting is 'balanced' / 'sampler' / 'none' from the run config for the built-in model
     with its own loss, 'loss' / 'none' for a cross-entropy (module or partial) whose `weight`
     is or is not class-dependent, and 'unknown' for any other callable: it is not guessed."""
-    from clipdoctor.diagnose.registry import _default_loss
-
     fn = ctx.loss_fn
-    if fn is None or fn is _default_loss:
+    if fn is None or fn is default_loss:
         if ctx.user_model:
             return "none", "default-loss", "cross_entropy (clipdoctor default, unweighted)"
         return ctx.config.train.class_weighting, "config", "cross_entropy (train.class_weighting)"
@@ -116,7 +114,7 @@ def _item_shape(item: Any) -> tuple[tuple[int, ...], bool]:
     return tuple(int(v) for v in torch.as_tensor(clip).shape), has_length
 
 
-@probe("clip_shapes", min_s=1.0)
+@probe("clip_shapes", min_s=1.0, needs=("clip_scan",))
 def clip_shapes(ctx: Context, probes: Probes) -> dict:
     """Frame counts, sizes and channels: from the files (clipdoctor resizes every frame and
     samples a fixed T, so variation is handled), or from items of a user's own Dataset."""
@@ -194,8 +192,8 @@ def augmentation(ctx: Context, probes: Probes) -> dict:
     transform = dm.dataset("train", train=True, samples=chosen[:1]).transform
     jitter = []
     for k, s in enumerate(chosen):
-        info = _info(dm, s)
-        kept = np.asarray(_kept_frames(dm, s, info))  # (K, S, S, 3)
+        size = min(dm.config.frame_size, 2 * SCAN_SIDE)  # decoded small when not cached
+        kept = np.asarray(dm.frames.kept(s, size))  # (K, S, S, 3)
         still = torch.from_numpy(np.array(kept[len(kept) // 2]))  # (S, S, 3)
         still = still.permute(2, 0, 1)[None].repeat(dm.config.frames, 1, 1, 1)  # (T, 3, S, S)
         with torch.random.fork_rng(devices=[]):

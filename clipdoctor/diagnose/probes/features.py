@@ -160,7 +160,7 @@ def _feature_similarity(features: dict) -> Callable[[str, str], float | None]:
     return sim
 
 
-@probe("leakage", min_s=1.0)
+@probe("leakage", min_s=1.0, needs=("clip_scan", "clip_features"))
 def leakage(ctx: Context, probes: Probes) -> dict:
     """Source groups (UCF101 `_gNN_`) with clips in several splits, and the most similar
     clip pairs across splits: pixel correlation of the sampled frames' thumbnails (from
@@ -254,7 +254,8 @@ def _cleaned_recall(X: np.ndarray, y: np.ndarray, flagged: np.ndarray, seed: int
     return recall, right
 
 
-@probe("label_issues", min_s=1.0)  # 0.5-0.7 s measured beyond clip_features
+# 0.5-0.7 s measured beyond clip_features
+@probe("label_issues", min_s=1.0, needs=("clip_features",))
 def label_issues(ctx: Context, probes: Probes) -> dict:
     """cleanlab's `find_label_issues` (prune_by_noise_rate) on out-of-fold probabilities of a
     linear probe over frozen clip features; classes with fewer than 3 sampled clips are left

@@ -12,8 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from clipdoctor.diagnose.probes import Context, Probes, probe
-from clipdoctor.diagnose.probes.training import (_batches, _clip_value, _finite, _forward,
-                                                 _fresh_run, _trainable)
+from clipdoctor.diagnose.probes.results import (Activations, ActivationSteps, GradStats,
+                                                NonFiniteStep)
+from clipdoctor.diagnose.probes.training import (SHARE, _batches, _clip_value, _finite,
+                                                 _forward, _fresh_run, _trainable)
 
 GRAD_STEPS = 8  # steps of the gradient / activation monitor
 SATURATION_X = 5.0  # DeepDiagnosis: a tanh / sigmoid input with |x| >= 5 is saturated
@@ -68,25 +70,24 @@ class _ActivationMonitor:
                 (z.abs() >= SATURATION_X).float().mean())
         return hook
 
-    def summary(self) -> dict:
+    def summary(self) -> Activations:
         layers = self.relu
         zero = [v[0] for v in layers.values()]
         channels = sum(v[2] for v in layers.values())
         dead = sum(v[1] * v[2] for v in layers.values())
         worst = max(layers, key=lambda n: layers[n][0]) if layers else None
         sat_worst = max(self.saturation, key=self.saturation.get) if self.saturation else None
-        return {
-            "relu_layers": len(layers),
-            "relu_zero_share_mean": float(np.mean(zero)) if zero else None,
-            "relu_zero_share_max": max(zero) if zero else None,
-            "relu_worst_layer": worst,
-            "relu_dead_channel_share": dead / channels if channels else None,
-            "relu_per_layer": {n: round(v[0], 4) for n, v in layers.items()},
-            "saturation_layers": len(self.saturation),
-            "saturation_share_max": self.saturation[sat_worst] if sat_worst else None,
-            "saturation_worst_layer": sat_worst,
-            "saturation_per_layer": {n: round(v, 4) for n, v in self.saturation.items()},
-        }
+        return Activations(
+            relu_layers=len(layers),
+            relu_zero_share_mean=float(np.mean(zero)) if zero else None,
+            relu_zero_share_max=max(zero) if zero else None,
+            relu_worst_layer=worst,
+            relu_dead_channel_share=dead / channels if channels else None,
+            relu_per_layer={n: round(v[0], 4) for n, v in layers.items()},
+            saturation_layers=len(self.saturation),
+            saturation_share_max=self.saturation[sat_worst] if sat_worst else None,
+            saturation_worst_layer=sat_worst,
+            saturation_per_layer={n: round(v, 4) for n, v in self.saturation.items()})
 
     def remove(self) -> None:
         for h in self.handles:
@@ -129,8 +130,8 @@ def _record_norms(layers: list[tuple[str, list]], groups: dict[str, list], rec: 
     return next((n for (n, _), v in zip(layers, norms) if not math.isfinite(v)), None)
 
 
-@probe("grad_stats", min_s=2.0)
-def grad_stats(ctx: Context, probes: Probes) -> dict:
+@probe("grad_stats", min_s=2.0, share=SHARE["grad_stats"], needs=("training_data",))
+def grad_stats(ctx: Context, probes: Probes) -> GradStats:
     """A few steps at the config's LR on a fresh model: per-layer gradient norms before
     clipping, activation statistics at the first and last step, the first non-finite value."""
     d, _, steps, model, opt = _fresh_run(  # cheap: GRAD_STEPS is not scaled down
@@ -143,7 +144,7 @@ def grad_stats(ctx: Context, probes: Probes) -> dict:
     monitor = _ActivationMonitor(model)
     rec: dict[str, list] = {"losses": [], "total_norms": [], "first_norms": [], "last_norms": []}
     group_norms: dict[str, list[float]] = {g: [] for g in groups}
-    activations: dict[str, dict] = {}
+    activations = ActivationSteps()
     nonfinite = None
     batches = _batches(len(y), bs, ctx.seed)
     try:
@@ -155,17 +156,19 @@ def grad_stats(ctx: Context, probes: Probes) -> dict:
             logits = _forward(model, xb, cached)
             loss = ctx.loss_fn(logits, yb)
             rec["losses"].append(float(loss.detach()))
-            if monitor.active:
-                activations["init" if step == 0 else "final"] = monitor.summary()
+            if monitor.active and step == 0:
+                activations.init = monitor.summary()
+            elif monitor.active:
+                activations.final = monitor.summary()
             if not _finite(loss):
                 where = "output" if not _finite(logits.detach()) else "loss"
-                nonfinite = {"step": step, "where": where, "inputs_finite": _finite(xb)}
+                nonfinite = NonFiniteStep(step=step, where=where, inputs_finite=_finite(xb))
                 break
             loss.backward()
             bad = _record_norms(layers, groups, rec, group_norms)
             if bad is not None:
-                nonfinite = {"step": step, "where": f"gradient of {bad}",
-                             "inputs_finite": _finite(xb)}
+                nonfinite = NonFiniteStep(step=step, where=f"gradient of {bad}",
+                                          inputs_finite=_finite(xb))
                 break
             torch.nn.utils.clip_grad_norm_(_trainable(model), _clip_value(ctx) or float("inf"))
             opt.step()
@@ -173,10 +176,9 @@ def grad_stats(ctx: Context, probes: Probes) -> dict:
         monitor.remove()
     ratios = [f / l if l > 0 else math.inf for f, l in zip(rec["first_norms"], rec["last_norms"])]
     grads = [p.grad.detach().abs().mean() for _, ps in layers[:1] for p in ps if p.grad is not None]
-    return {
-        "steps": len(rec["losses"]), "planned_steps": steps, "lr": opt.param_groups[0]["lr"],
-        "first_layer": layers[0][0], "last_layer": layers[-1][0], "layers": len(layers),
-        **rec, "ratios": ratios, "group_norms": group_norms,
-        "first_mean_abs_grad": float(torch.stack(grads).mean()) if grads else None,
-        "activations": activations, "nonfinite": nonfinite,
-    }
+    return GradStats(
+        steps=len(rec["losses"]), planned_steps=steps, lr=opt.param_groups[0]["lr"],
+        first_layer=layers[0][0], last_layer=layers[-1][0], layers=len(layers),
+        **rec, ratios=ratios, group_norms=group_norms,
+        first_mean_abs_grad=float(torch.stack(grads).mean()) if grads else None,
+        activations=activations, nonfinite=nonfinite)

@@ -10,7 +10,8 @@ import numpy as np
 from torch import Tensor
 
 from clipdoctor.diagnose.probes import Context, Probes, probe
-from clipdoctor.diagnose.probes.training import _batches, _fresh_run, _train_step
+from clipdoctor.diagnose.probes.results import LRRange
+from clipdoctor.diagnose.probes.training import SHARE, _batches, _fresh_run, _train_step
 
 LR_START, LR_END, LR_STEPS = 1e-7, 10.0, 100  # fastai lr_find's sweep
 LR_MIN_STEPS = 20  # fewer points cannot show a valley
@@ -45,8 +46,8 @@ def _steepest(losses: list[float], skip_start: int) -> int | None:
     return skip_start + int(np.argmin(np.gradient(np.asarray(losses[skip_start:]))))
 
 
-@probe("lr_range", min_s=3.0)
-def lr_range(ctx: Context, probes: Probes) -> dict:
+@probe("lr_range", min_s=3.0, share=SHARE["lr_range"], needs=("training_data",))
+def lr_range(ctx: Context, probes: Probes) -> LRRange:
     """Exponential LR sweep 1e-7 -> 10 on a fresh model (fastai lr_find), stopped when the
     smoothed loss exceeds 4x its minimum; suggestion = "valley"."""
     d, allowance, steps, model, opt = _fresh_run(
@@ -85,11 +86,10 @@ def lr_range(ctx: Context, probes: Probes) -> dict:
     valley = _valley(smooth, skip_start, skip_end)
     steep = _steepest(smooth, skip_start)
     low = int(np.argmin(smooth)) if smooth else None
-    return {
-        "lrs": lrs[:len(smooth)], "losses": smooth, "raw_losses": raw, "steps": len(smooth),
-        "planned_steps": steps, "stopped": stopped, "config_lr": config_lr,
-        "suggestion": lrs[valley] if valley is not None else None, "method": "valley",
-        "steepest": lrs[steep] if steep is not None else None,
-        "min_loss_lr": lrs[low] if low is not None else None,
-        "initial_loss": raw[0] if raw else None, "min_loss": min(smooth) if smooth else None,
-    }
+    return LRRange(
+        lrs=lrs[:len(smooth)], losses=smooth, raw_losses=raw, steps=len(smooth),
+        planned_steps=steps, stopped=stopped, config_lr=config_lr,
+        suggestion=lrs[valley] if valley is not None else None, method="valley",
+        steepest=lrs[steep] if steep is not None else None,
+        min_loss_lr=lrs[low] if low is not None else None,
+        initial_loss=raw[0] if raw else None, min_loss=min(smooth) if smooth else None)

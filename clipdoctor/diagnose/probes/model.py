@@ -222,7 +222,7 @@ def _reads_last(node: Any, axis: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 # label_range
 
-@probe("label_range")
+@probe("label_range", needs=("model_summary",))
 def label_range(ctx: Context, probes: Probes) -> dict:
     """Label range of the dataset vs the model's output width, and whether the loss takes the
     largest label with that width."""
@@ -274,11 +274,11 @@ def weights(ctx: Context, probes: Probes) -> dict:
 
 
 def _user_weights(model: nn.Module, path: Any) -> dict:
-    from clipdoctor.models.backbones import _best_prefix, _read_tensors
+    from clipdoctor.models.backbones import best_prefix, read_tensors
 
-    file = _read_tensors(path)
+    file = read_tensors(path)
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    prefix, _ = _best_prefix(list(file), set(state))  # file keys may carry a wrapper's prefix
+    prefix, _ = best_prefix(list(file), set(state))  # file keys may carry a wrapper's prefix
     named = {k[len(prefix):]: v for k, v in file.items() if k.startswith(prefix)}
     matched = [k for k in named if k in state and named[k].shape == state[k].shape]
     equal = [k for k in matched if torch.equal(named[k].to(state[k].dtype), state[k])]

@@ -260,12 +260,7 @@ def _short_clips(ctx: Context) -> dict:
     dm = datamodule(ctx)
     T = ctx.config.data.frames
     samples = pick(dm.samples, ctx.budget.scale(2000, minimum=100), ctx.seed)
-    if dm.cache is not None:
-        counts = [dm.cache.count(s) for s in samples]
-    else:
-        from clipdoctor.data.cache import probe_sample
-
-        counts = [probe_sample(s).frames for s in samples]
+    counts = [dm.frames.count(s) for s in samples]
     return {"short_clips": sum(c < T for c in counts), "clips_checked": len(counts)}
 
 
@@ -310,7 +305,7 @@ def bn_drift(ctx: Context, probes: Probes) -> dict:
 # ---------------------------------------------------------------------------------------------
 # loss_at_init
 
-@probe("loss_at_init", min_s=2.0)
+@probe("loss_at_init", min_s=2.0, needs=("training_data",))
 def loss_at_init(ctx: Context, probes: Probes) -> dict:
     """Mean loss of the fresh model (train mode, as the first step sees it) on real clips,
     with ln(K) and how peaked / collapsed the first predictions are."""

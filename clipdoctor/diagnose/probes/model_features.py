@@ -29,7 +29,7 @@ BOTTLENECK_PCA_CLIPS = 400  # clips for the bottleneck's linear probe at a 120 s
 # ---------------------------------------------------------------------------------------------
 # widths (feature bottleneck)
 
-@probe("widths")
+@probe("widths", needs=("model_summary", "clip_features"))
 def widths(ctx: Context, probes: Probes) -> dict:
     """The narrowest width on the way from per-frame features to the logits (built-in:
     pooled feature, projection, head read-out; user model: RNN outputs and the input of the
@@ -75,7 +75,7 @@ def _bottleneck_probe(ctx: Context, probes: Probes, width: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # motion_features
 
-@probe("motion_features", min_s=3.0)
+@probe("motion_features", min_s=3.0, needs=("clip_features",))
 def motion_features(ctx: Context, probes: Probes) -> dict:
     """A linear probe over time on the features the model pools vs 2x2-grid features of the
     same frames; and how much each changes from frame to frame relative to its spread.

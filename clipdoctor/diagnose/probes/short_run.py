@@ -10,21 +10,25 @@ import time
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from clipdoctor.diagnose.probes import Context, Probes, base_model, probe
-from clipdoctor.diagnose.probes.training import (SHORT_MAIN_SHARE, SHORT_MIN_EPOCHS,
-                                                 _allowance, _augmented, _augments, _batches,
-                                                 _clip_value, _has_dropout, _hist, _logits,
-                                                 _no_dropout, _optimizer, _score, _train_step)
+from clipdoctor.diagnose.probes.results import (AugmentationGap, Curves, NonFiniteLoss,
+                                                ShortRun, Skipped)
+from clipdoctor.diagnose.probes.training import (SHARE, SHORT_MAIN_SHARE, SHORT_MIN_EPOCHS,
+                                                 _augmented, _augments, _batches, _clip_value,
+                                                 _has_dropout, _hist, _logits, _no_dropout,
+                                                 _optimizer, _score, _train_step)
 
 SHORT_MAX_EPOCHS = 30  # more epochs are not needed to show a trend
 VARIANT_TRIGGER = 0.5  # the unregularised variant runs only if the train loss ends above 0.5 ln K
 
 
 def _fit(ctx: Context, d: dict, epochs: int, deadline: float, *, augment: bool,
-         regularize: bool) -> dict:
+         regularize: bool) -> tuple[Curves, nn.Module, Tensor]:
     """A few epochs on the training subset at the config's LR (linear warm-up over the first
-    epoch when the config warms up, then constant), validation after each epoch."""
+    epoch when the config warms up, then constant), validation after each epoch -> (curves,
+    the trained model, the last epoch's training inputs)."""
     cached, bs, k = d["cached"], d["batch_size"], d["classes"]
     x_tr, y_tr, x_va, y_va = d["_x_train"], d["_y_train"], d["_x_val"], d["_y_val"]
     torch.manual_seed(ctx.seed)
@@ -50,7 +54,7 @@ def _fit(ctx: Context, d: dict, epochs: int, deadline: float, *, augment: bool,
                                           _clip_value(ctx))
             step += 1
             if logits is None:
-                nonfinite = {"epoch": epoch, "step": step - 1, "loss": loss}
+                nonfinite = NonFiniteLoss(epoch=epoch, step=step - 1, loss=loss)
                 break
             losses.append(loss)
             correct += int((logits.argmax(1) == y_tr[idx]).sum())
@@ -69,13 +73,11 @@ def _fit(ctx: Context, d: dict, epochs: int, deadline: float, *, augment: bool,
         if epoch + 1 < epochs and time.perf_counter() + rec["epoch_s"][-1] > deadline:
             stopped = "budget"
             break
-    out = {**rec, "epochs": len(rec["train_loss"]), "planned_epochs": epochs, "stopped": stopped,
-           "nonfinite": nonfinite, "steps": step, "lr": base[0], "augmented": augment,
-           "regularized": regularize, "_model": model}
-    if val_logits is not None:
-        out["val_pred_counts"] = _hist(val_logits.argmax(1), k)
-    out["_last_inputs"] = xs
-    return out
+    curves = Curves(**rec, epochs=len(rec["train_loss"]), planned_epochs=epochs, stopped=stopped,
+                    nonfinite=nonfinite, steps=step, lr=base[0], augmented=augment,
+                    regularized=regularize,
+                    val_pred_counts=None if val_logits is None else _hist(val_logits.argmax(1), k))
+    return curves, model, xs
 
 
 def _plan_epochs(ctx: Context, d: dict, allowance: float, augment: bool) -> int:
@@ -89,14 +91,11 @@ def _plan_epochs(ctx: Context, d: dict, allowance: float, augment: bool) -> int:
     return max(SHORT_MIN_EPOCHS, min(SHORT_MAX_EPOCHS, fit))
 
 
-def _public(run: dict) -> dict:
-    return {k: v for k, v in run.items() if not k.startswith("_")}
-
-
-def _augmentation_gap(ctx: Context, d: dict, main: dict) -> dict | None:
+def _augmentation_gap(ctx: Context, d: dict, model: nn.Module, last_inputs: Tensor
+                      ) -> AugmentationGap | None:
     """Loss of the short-run model (eval mode) on the training clips as they are and on one
     augmented draw of the same clips; None when training uses no augmentation."""
-    model, cached = main["_model"], d["cached"]
+    cached = d["cached"]
     if not _augments(ctx, cached):
         return None
     x, y = d["_x_train"], d["_y_train"]
@@ -105,10 +104,10 @@ def _augmentation_gap(ctx: Context, d: dict, main: dict) -> dict | None:
         x, y = x[:n], y[:n]
         xa = _augmented(ctx, d["_train_samples"][:n], ctx.seed + 7, cached=True)
     else:
-        xa = main["_last_inputs"]  # the last epoch's draw
+        xa = last_inputs  # the last epoch's draw
     clean, _ = _score(_logits(model, x, cached), y, ctx.loss_fn)
     aug, _ = _score(_logits(model, xa, cached), y, ctx.loss_fn)
-    return {"clean_loss": clean, "augmented_loss": aug, "clips": len(y)}
+    return AugmentationGap(clean_loss=clean, augmented_loss=aug, clips=len(y))
 
 
 def _config_steps(ctx: Context, d: dict) -> int | None:
@@ -121,43 +120,45 @@ def _config_steps(ctx: Context, d: dict) -> int | None:
     return epochs * math.ceil(d["train_total"] / ctx.config.data.batch_size)
 
 
-def _unregularized(ctx: Context, d: dict, main: dict, deadline: float, weight_decay: float,
-                   dropout: bool) -> dict | None:
+def _unregularized(ctx: Context, d: dict, main: Curves, deadline: float, weight_decay: float,
+                   dropout: bool) -> Curves | Skipped | None:
     """The same run without weight decay and dropout, for as many epochs as the budget allows
     (compared epoch by epoch), when the model is regularised and its train loss stays high."""
     if not (weight_decay > 0 or dropout):
         return None
-    tr = main["train_loss"]
-    if main["nonfinite"] is not None or not tr:
-        return {"skipped": "the short run did not finish an epoch"}
+    tr = main.train_loss
+    if main.nonfinite is not None or not tr:
+        return Skipped(skipped="the short run did not finish an epoch")
     if tr[-1] <= VARIANT_TRIGGER * math.log(max(2, d["classes"])):
-        return {"skipped": f"the train loss is already low ({tr[-1]:.2f})"}
-    epochs = min(main["epochs"], int((deadline - time.perf_counter()) / np.mean(main["epoch_s"])))
+        return Skipped(skipped=f"the train loss is already low ({tr[-1]:.2f})")
+    epochs = min(main.epochs, int((deadline - time.perf_counter()) / np.mean(main.epoch_s)))
     if epochs < SHORT_MIN_EPOCHS:
-        return {"skipped": f"no budget left for {SHORT_MIN_EPOCHS} more epochs (raise --budget)"}
-    return _public(_fit(ctx, d, epochs, deadline, augment=main["augmented"], regularize=False))
+        return Skipped(skipped=f"no budget left for {SHORT_MIN_EPOCHS} more epochs "
+                               "(raise --budget)")
+    return _fit(ctx, d, epochs, deadline, augment=main.augmented, regularize=False)[0]
 
 
-@probe("short_run", min_s=5.0)
-def short_run(ctx: Context, probes: Probes) -> dict:
+@probe("short_run", min_s=5.0, share=SHARE["short_run"], needs=("training_data",))
+def short_run(ctx: Context, probes: Probes) -> ShortRun:
     """A short training run at the config's LR and augmentation; the final model is kept
-    (`_model`) for the temporal probes."""
+    (`model`, not in the JSON) for the temporal probes."""
     d = probes.get("training_data")
     started = time.perf_counter()
-    allowance = _allowance(ctx, "short_run")
+    allowance = ctx.budget.allowance("short_run")
     augment = not d["cached"]  # stage 1 trains on the unaugmented view of cached features
     epochs = _plan_epochs(ctx, d, allowance, augment)
-    main = _fit(ctx, d, epochs, started + SHORT_MAIN_SHARE * allowance, augment=augment,
-                regularize=True)
+    main, trained, last_inputs = _fit(ctx, d, epochs, started + SHORT_MAIN_SHARE * allowance,
+                                      augment=augment, regularize=True)
     model = base_model(ctx)
     wd = max(g.get("weight_decay", 0.0) for g in _optimizer(ctx, model).param_groups)
-    out = {**_public(main), "classes": d["classes"], "train_clips": d["train_clips"],
-           "val_clips": d["val_clips"], "val_counts": d["val_counts"],
-           "steps_per_epoch": len(_batches(d["train_clips"], d["batch_size"], 0)),
-           "config_steps": _config_steps(ctx, d), "weight_decay": wd,
-           "dropout": _has_dropout(model), "_model": main["_model"]}
-    if main["nonfinite"] is None and main["epochs"]:
-        out["augmentation_gap"] = _augmentation_gap(ctx, d, main)
-    out["no_regularization"] = _unregularized(ctx, d, main, started + allowance, wd,
-                                              out["dropout"])
-    return out
+    dropout = _has_dropout(model)
+    gap = (_augmentation_gap(ctx, d, trained, last_inputs)
+           if main.nonfinite is None and main.epochs else None)
+    return ShortRun(
+        **vars(main), classes=d["classes"], train_clips=d["train_clips"],
+        val_clips=d["val_clips"], val_counts=d["val_counts"],
+        steps_per_epoch=len(_batches(d["train_clips"], d["batch_size"], 0)),
+        config_steps=_config_steps(ctx, d), weight_decay=wd, dropout=dropout,
+        augmentation_gap=gap,
+        no_regularization=_unregularized(ctx, d, main, started + allowance, wd, dropout),
+        model=trained)

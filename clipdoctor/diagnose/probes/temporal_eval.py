@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from clipdoctor.diagnose.probes import Context, Probes, ProbeSkipped, probe
-from clipdoctor.diagnose.probes.training import _allowance, _hist, _logits, _score
+from clipdoctor.diagnose.probes.training import SHARE, _hist, _logits, _score
 
 DIVERGED = 1.5  # a short run ending above 1.5x its first loss diverged (checks: DIVERGE_FACTOR)
 
@@ -31,19 +31,20 @@ def _repeat_frame(x: Tensor, t: int) -> Tensor:
     return x[:, t:t + 1].expand(-1, x.shape[1], *x.shape[2:]).contiguous()
 
 
-@probe("temporal_eval", min_s=1.0)
+@probe("temporal_eval", min_s=1.0, share=SHARE["temporal_eval"],
+       needs=("short_run", "training_data"))
 def temporal_eval(ctx: Context, probes: Probes) -> dict:
     """The short-run model on validation clips as they are, with frames shuffled in time and
     with one frame repeated T times (first, middle and last frame; every frame when cheap)."""
     run = probes.get("short_run")
     d = probes.get("training_data")
-    model = run.get("_model")
-    if model is None or run["nonfinite"] is not None or not run["train_loss"]:
+    model = run.model
+    if model is None or run.nonfinite is not None or not run.train_loss:
         raise ProbeSkipped("the short training run produced no usable model")
-    if run["train_loss"][-1] > DIVERGED * run["step_losses"][0]:
+    if run.train_loss[-1] > DIVERGED * run.step_losses[0]:
         # measured with --lr 5: a saturated model ignores order, and that says nothing
-        raise ProbeSkipped(f"the short run diverged (loss {run['step_losses'][0]:.2f} -> "
-                           f"{run['train_loss'][-1]:.2f}): its model says nothing about time")
+        raise ProbeSkipped(f"the short run diverged (loss {run.step_losses[0]:.2f} -> "
+                           f"{run.train_loss[-1]:.2f}): its model says nothing about time")
     x, y, cached = d["_x_val"], d["_y_val"], d["cached"]
     t = x.shape[1]
     if t < 2:
@@ -51,7 +52,8 @@ def temporal_eval(ctx: Context, probes: Probes) -> dict:
     # a user's model runs 6 times over the clips, ours once (then only its head): an eval pass
     # costs about a third of a training step per clip
     passes = 6 if ctx.user_model else 1
-    n = int(_allowance(ctx, "temporal_eval") / (passes * d["step_s"] / (3 * d["batch_size"])))
+    n = int(ctx.budget.allowance("temporal_eval")
+            / (passes * d["step_s"] / (3 * d["batch_size"])))
     if n < 8:
         raise ProbeSkipped(f"too little budget left to evaluate 8 clips {passes} times "
                            "(raise --budget)")

@@ -17,8 +17,9 @@ each probe that trains has a module of its own beside it:
   shuffled, and with one frame repeated T times.
 
 Every run starts from `ctx.make_model()` seeded with `ctx.seed`. Sizes follow the budget: each
-probe may spend its `SHARE` of it and shrinks (fewer clips, steps or epochs) rather than overrun;
-its value says how much it ran.
+probe may spend its `SHARE` of it (as planned by `Budget.plan` for the checks that run) and
+shrinks (fewer clips, steps or epochs) rather than overrun; its value says how much it ran.
+`lr_range`, `overfit_batch`, `grad_stats` and `short_run` return typed results (`results.py`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from clipdoctor.diagnose.probes import (Context, Probes, ProbeSkipped, base_mode
 
 log = logging.getLogger(__name__)
 
-# Share of the whole diagnosis budget each probe may spend; the rest is for the data and model
-# probes. Measured on the demo config (test_resnet end to end, 64 px): a batch-16 step takes
-# 0.15 s on 2 cores, so 25 % of 120 s is about 10 epochs of 256 clips.
+# Share of the whole diagnosis budget each probe may spend (its `share` when registered); the
+# rest is for the data and model probes. Measured on the demo config (test_resnet end to end,
+# 64 px): a batch-16 step takes 0.15 s on 2 cores, so 25 % of 120 s is about 10 epochs of 256
+# clips.
 SHARE = {"training_data": 0.10, "lr_range": 0.08, "overfit_batch": 0.08, "grad_stats": 0.03,
          "short_run": 0.25, "temporal_eval": 0.04}
 TRAIN_CLIPS = 256  # training clips at a 120 s budget: 16 batches of 16 per short-run epoch
@@ -51,11 +53,6 @@ SHORT_MAIN_SHARE = 0.7  # of short_run's allowance for the main run; the rest fo
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-def _allowance(ctx: Context, name: str) -> float:
-    """Seconds probe `name` may spend: its share of the budget, never more than is left."""
-    return max(0.0, min(SHARE[name] * ctx.budget.seconds, ctx.budget.remaining()))
-
 
 def _cached(ctx: Context) -> bool:
     """Train on cached per-frame features: only the built-in model with its backbone frozen."""
@@ -272,7 +269,7 @@ def _clip_material(ctx: Context, train: list, val: list, bs: int
     x, y = clip_batch(ctx, train[:bs], seed=ctx.seed)
     per_clip = x[0].numel() * 4
     step_s = _time_step(ctx, x, y, False)
-    fit = SHARE["short_run"] * SHORT_MAIN_SHARE * ctx.budget.seconds / (
+    fit = ctx.budget.share("short_run") * SHORT_MAIN_SHARE * ctx.budget.seconds / (
         SHORT_MIN_EPOCHS * 1.5 * step_s / bs)
     keep = int(MAX_INPUT_BYTES * 0.75 / per_clip)
     train = train[:max(bs, min(keep, int(fit)))]
@@ -281,11 +278,11 @@ def _clip_material(ctx: Context, train: list, val: list, bs: int
                                 *clip_batch(ctx, val, seed=ctx.seed))
 
 
-@probe("training_data", min_s=2.0)
+@probe("training_data", min_s=2.0, share=SHARE["training_data"])
 def training_data(ctx: Context, probes: Probes) -> dict:
     """The clips (or frozen features) the training probes use, and the cost of one step."""
     dm = datamodule(ctx)
-    allowance = _allowance(ctx, "training_data")
+    allowance = ctx.budget.allowance("training_data")
     n_train = ctx.budget.scale(TRAIN_CLIPS, minimum=16)
     n_val = ctx.budget.scale(VAL_CLIPS, minimum=32)  # fewer: accuracy too coarse to judge
     train, val, held_out, total = _split(ctx, n_train, n_val)
@@ -319,7 +316,7 @@ def _fresh_run(ctx: Context, probes: Probes, name: str, steps: int, minimum: int
     (at most `steps`), ProbeSkipped with `skip` (formatted with n, s, left) when fewer than
     `minimum` fit, then a fresh model and its optimiser -> (data, allowance, steps, model, opt)."""
     d = probes.get("training_data")
-    allowance = _allowance(ctx, name)
+    allowance = ctx.budget.allowance(name)
     steps = min(steps, int(allowance / (step_cost * d["step_s"])))
     if steps < minimum:
         raise ProbeSkipped(skip.format(n=minimum, s=d["step_s"], left=allowance)
