@@ -1,7 +1,7 @@
 """Diagnosis: the whole `diagnose` on 1,000 clips at 112 px, and the wall time of each probe.
 
 1,000 demo clips (8 classes x 125, 16 frames, 112 px) are written first (not timed). Then a
-child process runs `clipdoctor.diagnose` with the default configuration (resnet10t, random
+child process runs `clipdoctor.doctor` with the default configuration (resnet10t, random
 weights since nothing downloads) at the default budget (120 s), from an empty cache, so the
 wall time includes decoding every clip once. The report records each probe's seconds.
 
@@ -31,7 +31,7 @@ def _child(data: str, cache: str, out: str, budget: float) -> None:
     sys.path.insert(0, str(ROOT))
     from clipdoctor.config import RunConfig, with_overrides
     from clipdoctor.data.sources import load_source
-    from clipdoctor.diagnose.runner import diagnose
+    from clipdoctor.doctor.runner import diagnose
 
     started = time.perf_counter()
     cfg = with_overrides(RunConfig(), {"model.pretrained": False, "data.cache_dir": cache})

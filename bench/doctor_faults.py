@@ -36,7 +36,7 @@ from torch import nn
 from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate
 from clipdoctor.demo import demo_config
-from clipdoctor.diagnose.runner import diagnose
+from clipdoctor.doctor.runner import diagnose
 
 
 class FrameCNN(nn.Module):
@@ -84,7 +84,7 @@ def _data(root: Path, name: str, seed: int = 1, **kw) -> Path:
 def _clean_weights(root: Path, clean: Path, cache: Path, reference: Path | None) -> Path:
     """best.ckpt of the demo CNN-LSTM trained on clean demo clips (made once), or of the
     `--reference` run."""
-    from clipdoctor.train.run import train
+    from clipdoctor.training.run import train
 
     if reference is not None:
         return reference / "checkpoints" / "best.ckpt"

@@ -35,7 +35,7 @@ def _head_step(model, opt, x, y, lengths=None) -> None:
 
 
 def _epoch(model, loader, opt, *, through_backbone: bool) -> None:
-    from clipdoctor.train.module import unpack
+    from clipdoctor.training.module import unpack
 
     model.train()
     for batch in loader:
@@ -61,8 +61,8 @@ def _lightning_epoch_s(model, views, labels, cfg, classes: int, root) -> tuple[f
     import lightning as L
 
     from clipdoctor.data.datamodule import make_loader
-    from clipdoctor.train.features import FeatureDataset
-    from clipdoctor.train.module import ClipModule
+    from clipdoctor.training.features import FeatureDataset
+    from clipdoctor.training.module import ClipModule
 
     ds = FeatureDataset(views, labels, train=True)
     dl = make_loader(ds, cfg.data.batch_size, shuffle=True, seed=0)
@@ -95,7 +95,7 @@ def _epoch_ratio(result: Result, root, quick: bool) -> None:
     from clipdoctor.data.datamodule import ClipDataModule
     from clipdoctor.data.sources import load_source
     from clipdoctor.models.classifier import build_classifier
-    from clipdoctor.train.features import FeatureDataset, compute_features
+    from clipdoctor.training.features import FeatureDataset, compute_features
 
     torch.manual_seed(0)
     data = demo_data(root / "demo", clips_per_class=16 if quick else 40)

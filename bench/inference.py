@@ -28,8 +28,8 @@ def measure(quick: bool) -> Result:
     from clipdoctor.data.datamodule import ClipDataModule
     from clipdoctor.data.sources import Sample, SourceIndex, load_source
     from clipdoctor.export import export_onnx
-    from clipdoctor.train.evaluate import clip_scores, load_run, predict
-    from clipdoctor.train.run import train
+    from clipdoctor.training.evaluate import clip_scores, load_run, predict
+    from clipdoctor.training.run import train
 
     result = Result(NAME)
     with workdir(NAME) as root:

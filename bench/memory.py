@@ -34,7 +34,7 @@ def _child(data: str, cache: str, out: str, cap_mib: int) -> None:
     sys.path.insert(0, str(ROOT))
     from clipdoctor.config import RunConfig, with_overrides
     from clipdoctor.data.sources import load_source
-    from clipdoctor.train.run import train
+    from clipdoctor.training.run import train
 
     cfg = with_overrides(RunConfig(), {
         "model.pretrained": False, "data.size": 64, "data.frame_size": CACHE_PX,

@@ -32,8 +32,8 @@ from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import PAIRS, generate
 from clipdoctor.demo import DEMO_OVERRIDES, demo_config
 from clipdoctor.io import atomic_write_text
-from clipdoctor.train.evaluate import clip_scores
-from clipdoctor.train.run import train
+from clipdoctor.training.evaluate import clip_scores
+from clipdoctor.training.run import train
 
 RESULTS = Path(__file__).parent / "results"
 TRANSLATION = ("move_left", "move_right", "move_up", "move_down")  # what global pooling loses
@@ -73,7 +73,7 @@ def direction_accuracy(probs: torch.Tensor, labels: torch.Tensor, classes: list[
 
 def _score(run, heldout) -> dict:
     """Balanced accuracy, loss and direction accuracy of a trained run on the held-out set."""
-    from clipdoctor.train.evaluate import metrics_from_scores
+    from clipdoctor.training.evaluate import metrics_from_scores
 
     cfg = run.config
     dm = ClipDataModule(heldout, cfg.data, mean=run.model.info.mean, std=run.model.info.std,

@@ -53,7 +53,7 @@ def _micro_frozen_pass(data: Path) -> dict:
     from clipdoctor.data.datamodule import ClipDataModule
     from clipdoctor.data.sources import load_source
     from clipdoctor.models.classifier import build_classifier
-    from clipdoctor.train.features import compute_features
+    from clipdoctor.training.features import compute_features
 
     torch.manual_seed(0)
     cfg = with_overrides(RunConfig(), {"model.pretrained": False, "data.size": 64,

@@ -22,7 +22,7 @@ from pathlib import Path
 from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate
 from clipdoctor.demo import demo_config
-from clipdoctor.diagnose.repair import repair
+from clipdoctor.doctor.repair import repair
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
             generate(path, clips_per_class=40, seed=seed, **kw)
     weights = args.work / "clean-run" / "checkpoints" / "best.ckpt"
     if not weights.exists():  # the same run bench/doctor_faults.py trains
-        from clipdoctor.train.run import train
+        from clipdoctor.training.run import train
 
         train(load_source(clean), demo_config(cache), args.work / "clean-run")
     config = demo_config(cache, **{"model.freeze_backbone": True, "model.weights": str(weights),

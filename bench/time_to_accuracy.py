@@ -6,7 +6,7 @@ Config: clipdoctor's defaults (resnet10t, frozen, grid pooling, BiLSTM, AdamW 1e
 30 epochs, early stopping) with random weights (nothing downloads) at 64 px
 (`data.size` 64, `data.frame_size` 72) because the clips are 64 px.
 
-* clipdoctor: `clipdoctor.train.run.train` from an empty cache (decoding, feature cache and
+* clipdoctor: `clipdoctor.training.run.train` from an empty cache (decoding, feature cache and
   stage-1 epochs all inside the clock); a callback notes the time of every validation.
 * baseline: what CNN-LSTM tutorials do: every epoch decode each clip with PyAV, pick the same
   8 frames, resize, normalise, run the frozen backbone and train the head (Adam 1e-3), then
@@ -54,7 +54,7 @@ def _clipdoctor(index, cfg, out, budget_s: float) -> dict:
     evaluated as usual)."""
     from lightning.pytorch.callbacks import Callback
 
-    from clipdoctor.train import run as run_mod
+    from clipdoctor.training import run as run_mod
 
     history: list[tuple[float, int, float]] = []
     started = time.perf_counter()

@@ -20,13 +20,13 @@ __all__ = ["ClipdoctorError", "DataError", "DecodeError", "Finding", "Report", "
            "__version__"]
 
 _LAZY = {
-    "train": ("clipdoctor.train.run", "train"),
-    "evaluate": ("clipdoctor.train.evaluate", "evaluate"),
-    "predict": ("clipdoctor.train.evaluate", "predict"),
-    "diagnose": ("clipdoctor.diagnose.runner", "diagnose"),
-    "repair": ("clipdoctor.diagnose.repair", "repair"),
-    "Report": ("clipdoctor.diagnose.findings", "Report"),
-    "Finding": ("clipdoctor.diagnose.findings", "Finding"),
+    "train": ("clipdoctor.training.run", "train"),
+    "evaluate": ("clipdoctor.training.evaluate", "evaluate"),
+    "predict": ("clipdoctor.training.evaluate", "predict"),
+    "diagnose": ("clipdoctor.doctor.runner", "diagnose"),
+    "repair": ("clipdoctor.doctor.repair", "repair"),
+    "Report": ("clipdoctor.doctor.findings", "Report"),
+    "Finding": ("clipdoctor.doctor.findings", "Finding"),
     "RunConfig": ("clipdoctor.config", "RunConfig"),
 }
 

@@ -94,7 +94,7 @@ def _print_metrics(console: Console, title: str, m: dict) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from clipdoctor.report.terminal import progress_bar
-    from clipdoctor.train.run import train
+    from clipdoctor.training.run import train
 
     config = _run_config(args)
     if args.resume and not args.config and (args.out / "config.yaml").exists():
@@ -115,7 +115,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from clipdoctor.io import atomic_write_text
-    from clipdoctor.train.evaluate import evaluate, load_run
+    from clipdoctor.training.evaluate import evaluate, load_run
 
     config = load_run(args.run).config
     data = _load_data(args.data, config)
@@ -133,7 +133,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from clipdoctor.train.evaluate import predict
+    from clipdoctor.training.evaluate import predict
 
     results = predict(args.run, args.videos, topk=args.topk)
     if args.json:
@@ -151,7 +151,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from clipdoctor.export import PARITY_TOL, export_onnx, export_torchscript
-    from clipdoctor.train.evaluate import load_run
+    from clipdoctor.training.evaluate import load_run
 
     loaded = load_run(args.run)
     d = loaded.config.data
@@ -168,8 +168,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from clipdoctor.diagnose.findings import SEVERITIES
-    from clipdoctor.diagnose.runner import diagnose
+    from clipdoctor.doctor.findings import SEVERITIES
+    from clipdoctor.doctor.runner import diagnose
     from clipdoctor.report.terminal import print_report
 
     if args.run is not None and args.config is not None:
@@ -196,7 +196,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def _cmd_repair(args: argparse.Namespace) -> int:
-    from clipdoctor.diagnose.repair import repair
+    from clipdoctor.doctor.repair import repair
     from clipdoctor.report.terminal import print_repair, print_report
 
     config = _run_config(args)

@@ -60,7 +60,7 @@ def run_demo(data_root: Path, out: Path, *, seed: int = 0, cache_dir: Path | Non
     average pooling on the demo data."""
     from clipdoctor.data.sources import load_source
     from clipdoctor.report.terminal import progress_bar
-    from clipdoctor.train.run import train
+    from clipdoctor.training.run import train
 
     index = load_source(data_root)
     config = demo_config(cache_dir, seed=seed)
@@ -122,7 +122,7 @@ def diagnose_demo(data_root: Path, out: Path, *, broken: bool = False, seed: int
                   cache_dir: Path | None = None, budget_s: float = 120.0):
     """Diagnose the demo configuration (or the broken one) and write OUT/report.{json,html}."""
     from clipdoctor.data.sources import load_source
-    from clipdoctor.diagnose.runner import diagnose
+    from clipdoctor.doctor.runner import diagnose
 
     config = demo_config(cache_dir, seed=seed, **(BROKEN_OVERRIDES if broken else {}))
     report = diagnose(load_source(data_root), config=config, budget_s=budget_s)

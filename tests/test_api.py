@@ -29,3 +29,41 @@ def test_load_dataset_from_arrays_splits_and_checks():
         cd.load_dataset((X.astype(np.float32) / 255, y))
     with pytest.raises(cd.DataError, match="pass a dataset path"):
         cd.load_dataset(42)
+
+
+_IDENTITY = """
+import importlib, inspect, pkgutil, sys
+order = sys.argv[1]
+import clipdoctor as cd
+first = {n: getattr(cd, n) for n in cd.__all__} if order == "api-first" else {}
+for m in pkgutil.walk_packages(cd.__path__, "clipdoctor."):
+    if not m.name.endswith("__main__"):
+        importlib.import_module(m.name)
+for name in cd.__all__:
+    for _ in range(2):
+        obj = getattr(cd, name)
+        assert not inspect.ismodule(obj), f"cd.{name} is the module {obj.__name__}"
+        assert first.get(name, obj) is obj, f"cd.{name} changed after importing submodules"
+        if name in cd._LAZY:
+            module, attr = cd._LAZY[name]
+            assert obj is getattr(importlib.import_module(module), attr), name
+for _ in range(2):
+    X = __import__("numpy").zeros((6, 3, 8, 8, 3), "uint8")
+    assert len(cd.load_dataset((X, [0, 1] * 3)).samples) == 6
+    assert inspect.signature(cd.diagnose).parameters["data"]
+    assert inspect.signature(cd.train).parameters["config"]
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("order", ["api-first", "submodules-first"])
+def test_public_names_stay_what_they_are_in_any_import_order(order):
+    """`cd.diagnose`, `cd.train`, ... are the functions, however often they are used and
+    whatever was imported before (issue 13: a subpackage of the same name used to replace
+    them after the first use)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _IDENTITY, order], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -1,11 +1,11 @@
 """The package's layout rules (DESIGN §1), checked on the source itself.
 
-- Data flows one way: nothing under `data/` or `train/` imports `report/`; `decode` does not
+- Data flows one way: nothing under `data/` or `training/` imports `report/`; `decode` does not
   import `sources` (decoding knows files, not layouts).
 - A name that crosses a package boundary is public: no `_name` is imported (or read as
   `module._name`) from a module of another package. Inside one package (one folder),
   private helpers may be shared.
-- Each check module of `diagnose/checks/` is one DESIGN §4 area, and every check declares the
+- Each check module of `doctor/checks/` is one DESIGN §4 area, and every check declares the
   probes it reads.
 """
 
@@ -90,9 +90,9 @@ def test_the_scan_sees_the_package():
 
 def test_data_and_train_never_import_report():
     bad = [f"{m}:{line} imports {src}" for m in MODULES
-           if m.startswith(("clipdoctor.data", "clipdoctor.train"))
+           if m.startswith(("clipdoctor.data", "clipdoctor.training"))
            for src, _, line in _imports(m) if src.startswith("clipdoctor.report")]
-    assert not bad, "data/ and train/ must not import report/ (pass a callback):\n" + "\n".join(bad)
+    assert not bad, "data/ and training/ must not import report/ (pass a callback):\n" + "\n".join(bad)
 
 
 def test_decode_knows_files_not_layouts():
@@ -113,25 +113,25 @@ def test_no_private_name_crosses_a_package():
 
 def test_the_scan_catches_a_private_import(tmp_path, monkeypatch):
     """The rule above is not vacuous: a planted cross-package private import is found."""
-    fake = tmp_path / "clipdoctor" / "train" / "x.py"
+    fake = tmp_path / "clipdoctor" / "training" / "x.py"
     fake.parent.mkdir(parents=True)
     fake.write_text("from clipdoctor.data.decode import _secret\nfrom . import y\n"
                     "from clipdoctor.data import decode\nv = decode._hidden\n")
-    monkeypatch.setitem(MODULES, "clipdoctor.train.x", fake)
-    found = {(src, name) for src, name, _ in _imports("clipdoctor.train.x")}
+    monkeypatch.setitem(MODULES, "clipdoctor.training.x", fake)
+    found = {(src, name) for src, name, _ in _imports("clipdoctor.training.x")}
     assert ("clipdoctor.data.decode", "_secret") in found
     assert ("clipdoctor.data.decode", "_hidden") in found
-    assert _package_of("clipdoctor.train.x") != _package_of("clipdoctor.data.decode")
+    assert _package_of("clipdoctor.training.x") != _package_of("clipdoctor.data.decode")
 
 
 def test_check_modules_are_the_design_areas():
-    from clipdoctor.diagnose.findings import CODES
-    from clipdoctor.diagnose.registry import CHECKS
-    from clipdoctor.diagnose.runner import load_checks
+    from clipdoctor.doctor.findings import CODES
+    from clipdoctor.doctor.registry import CHECKS
+    from clipdoctor.doctor.runner import load_checks
 
     load_checks()
     areas = {area for area, *_ in CODES.values()}
-    files = {p.stem for p in (PACKAGE / "diagnose" / "checks").glob("*.py")
+    files = {p.stem for p in (PACKAGE / "doctor" / "checks").glob("*.py")
              if p.stem not in ("__init__", "common")}
     assert files == areas, f"check modules {sorted(files)} != DESIGN §4 areas {sorted(areas)}"
     for c in CHECKS.values():
@@ -142,9 +142,9 @@ def test_check_modules_are_the_design_areas():
 
 
 def test_every_check_declares_known_probes():
-    from clipdoctor.diagnose.probes import PROBES
-    from clipdoctor.diagnose.registry import CHECKS
-    from clipdoctor.diagnose.runner import load_checks
+    from clipdoctor.doctor.probes import PROBES
+    from clipdoctor.doctor.registry import CHECKS
+    from clipdoctor.doctor.runner import load_checks
 
     load_checks()
     assert CHECKS
@@ -156,6 +156,6 @@ def test_every_check_declares_known_probes():
 
 def test_registry_imports_no_check_module():
     """The registry holds the decorator and the table; the runner imports the checks."""
-    srcs = {src for src, _, _ in _imports("clipdoctor.diagnose.registry")}
-    assert not any(s.startswith(("clipdoctor.diagnose.checks", "clipdoctor.diagnose.runner"))
+    srcs = {src for src, _, _ in _imports("clipdoctor.doctor.registry")}
+    assert not any(s.startswith(("clipdoctor.doctor.checks", "clipdoctor.doctor.runner"))
                    for s in srcs), sorted(srcs)

@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 class Shards(Protocol):
     """The processes of a DDP run as `ClipDataModule.prepare` splits work across them
-    (`clipdoctor.train.distributed.Ranks` is one); every rank must make the same calls."""
+    (`clipdoctor.training.distributed.Ranks` is one); every rank must make the same calls."""
 
     @property
     def world_size(self) -> int: ...

@@ -33,7 +33,7 @@ from clipdoctor.models.pooling import make_pool
 
 def _weights_digest(module: nn.Module) -> str:
     """Short identity of a module's weights (the separate RGB-difference backbone's part of the
-    feature-cache key; the RGB backbone's is hashed by train/features.py)."""
+    feature-cache key; the RGB backbone's is hashed by training/features.py)."""
     h = hashlib.sha1()
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())

@@ -7,7 +7,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from clipdoctor.diagnose.findings import Report
+    from clipdoctor.doctor.findings import Report
 
 
 def fmt_number(v: Any) -> str:

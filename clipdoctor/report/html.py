@@ -9,7 +9,7 @@ Plots are drawn when their measurements are present and skipped when not; a plot
 or a stored measurement that cannot be read back, becomes a one-line note, never a lost
 report. What is read:
 
-- the training probes, read back into their typed results (`diagnose/probes/results.py`,
+- the training probes, read back into their typed results (`doctor/probes/results.py`,
   `from_dict`): `short_run` (train / validation loss per epoch), `lr_range` (loss per LR, with
   the suggested LR `suggestion` and the configured one `config_lr` marked), `overfit_batch`
   (loss per step on one batch), `grad_stats` (`group_norms`: gradient norm per layer group
@@ -33,8 +33,8 @@ from typing import Any, Callable
 import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from clipdoctor.diagnose.findings import Report
-from clipdoctor.diagnose.probes.results import GradStats, LRRange, OverfitBatch, Result, ShortRun
+from clipdoctor.doctor.findings import Report
+from clipdoctor.doctor.probes.results import GradStats, LRRange, OverfitBatch, Result, ShortRun
 from clipdoctor.report import plots
 from clipdoctor.report.format import fmt_number, run_facts, severity_counts, verdict
 

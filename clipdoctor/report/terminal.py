@@ -17,7 +17,7 @@ from rich.text import Text
 from clipdoctor.report.format import fmt_number, run_facts, verdict
 
 if TYPE_CHECKING:
-    from clipdoctor.diagnose.findings import Report
+    from clipdoctor.doctor.findings import Report
 
 
 @contextmanager

@@ -107,7 +107,7 @@ def _feature_worker(data: str, cache_dir: str, markers: str, go: str, out: str) 
     from clipdoctor.data.datamodule import ClipDataModule
     from clipdoctor.data.sources import load_source
     from clipdoctor.models.classifier import build_classifier
-    from clipdoctor.train.features import compute_features
+    from clipdoctor.training.features import compute_features
 
     torch.manual_seed(0)  # both runs: the same weights, hence the same cache keys
     model = build_classifier(ModelConfig(backbone="test_resnet", pretrained=False, proj_dim=16,

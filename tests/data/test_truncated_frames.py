@@ -41,7 +41,7 @@ def jpeg_dataset(root: Path) -> Path:
 def test_pillow_never_loads_truncated_images():
     """Pillow's lenient mode would fill a truncated frame with grey; nothing turns it on."""
     import clipdoctor.cli  # noqa: F401
-    import clipdoctor.train.run  # noqa: F401
+    import clipdoctor.training.run  # noqa: F401
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 

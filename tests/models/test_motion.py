@@ -184,8 +184,8 @@ def test_tiny_training_with_each_option(pair_data, tmp_path_factory, tmp_path, p
     """One shared feature cache for every case: a cache made without the difference stream
     must never be read with it (it would fail on the width, or silently drop the stream)."""
     from clipdoctor.demo import demo_config
-    from clipdoctor.train.evaluate import load_run
-    from clipdoctor.train.run import train
+    from clipdoctor.training.evaluate import load_run
+    from clipdoctor.training.run import train
 
     cache = tmp_path_factory.getbasetemp() / "motion-cache"
     config = demo_config(cache, **{"data.size": 32, "data.frame_size": 36, "data.frames": 4,

@@ -18,7 +18,7 @@ import torch
 
 from clipdoctor.data.synthetic import generate
 from clipdoctor.errors import ClipdoctorError
-from clipdoctor.train.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
+from clipdoctor.training.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 
 CLI = "import sys; from clipdoctor.cli import main; sys.exit(main())"
 TINY = ["--backbone", "test_resnet", "--no-pretrained", "--proj-dim", "32", "--hidden", "32",

@@ -13,12 +13,12 @@ import torch
 from clipdoctor.config import RunConfig, with_overrides
 from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate
-from clipdoctor.diagnose.checks.training import nan_loss
-from clipdoctor.diagnose.probes import Probes
-from clipdoctor.train.checkpoint_io import load_checkpoint_file
-from clipdoctor.train.features import FeatureDataset
-from clipdoctor.train.guards import NonFiniteLoss
-from clipdoctor.train.run import train
+from clipdoctor.doctor.checks.training import nan_loss
+from clipdoctor.doctor.probes import Probes
+from clipdoctor.training.checkpoint_io import load_checkpoint_file
+from clipdoctor.training.features import FeatureDataset
+from clipdoctor.training.guards import NonFiniteLoss
+from clipdoctor.training.run import train
 
 TINY = {
     "model.backbone": "test_resnet", "model.pretrained": False, "model.proj_dim": 32,

@@ -17,7 +17,7 @@ from clipdoctor.cli import main
 from clipdoctor.data.datamodule import ClipDataModule
 from clipdoctor.data.synthetic import generate
 from clipdoctor.models.classifier import ClipClassifier
-from clipdoctor.train import checkpoint_io
+from clipdoctor.training import checkpoint_io
 
 FLAGS = ["--backbone", "test_resnet", "--no-pretrained", "--proj-dim", "32", "--hidden", "32",
          "--frames", "6", "--frame-size", "36", "--size", "32", "--epochs", "2",

@@ -21,9 +21,9 @@ from clipdoctor.config import RunConfig, load_config, with_overrides
 from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate
 from clipdoctor.errors import ClipdoctorError, DataError
-from clipdoctor.train.checkpoint_io import load_checkpoint_file
-from clipdoctor.train.evaluate import load_run
-from clipdoctor.train.run import train
+from clipdoctor.training.checkpoint_io import load_checkpoint_file
+from clipdoctor.training.evaluate import load_run
+from clipdoctor.training.run import train
 
 PACKAGE = Path(__file__).resolve().parents[2] / "clipdoctor"
 TINY = {
@@ -236,7 +236,7 @@ def test_hostile_names_are_text_in_the_html_report(hostile_dataset, tmp_path, ch
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
 
-    from clipdoctor.diagnose.runner import diagnose
+    from clipdoctor.doctor.runner import diagnose
 
     data = load_source(hostile_dataset)
     assert XSS_CLASS in data.classes

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from clipdoctor.diagnose.findings import CODES, Finding, Report
-from clipdoctor.diagnose.probes.results import (ActivationSteps, GradStats, LRRange,
+from clipdoctor.doctor.findings import CODES, Finding, Report
+from clipdoctor.doctor.probes.results import (ActivationSteps, GradStats, LRRange,
                                                 OverfitBatch, ShortRun)
 from clipdoctor.report import html as report_html
 from clipdoctor.report import plots

@@ -1,0 +1,290 @@
+"""Shared measurements ("probes"), computed once, on demand, within a time budget.
+
+A probe is a function `(ctx: Context, probes: Probes) -> value` registered with
+`@probe(name, needs=...)`, where `needs` names the probes it reads. Checks ask
+`probes.get(name)`; the first ask computes it, later asks reuse the value. A probe that
+cannot run (no data, user model without the needed structure, budget spent) raises
+`ProbeSkipped(reason)`; the check asking for it is then reported as skipped with that reason.
+Checks and probes see only what they declare (`Probes.only`): reading anything else is a bug,
+raised as `UndeclaredProbe`.
+
+The training probes share the time budget by declared `share`s; `Budget.plan` hands the shares
+of probes no selected check needs to the ones that are needed.
+
+Tests (and anyone replaying a report) build `Probes(values={...})` from scripted numbers:
+checks never compute anything themselves, so each can be tested on measurements alone. The
+four probes the report plots return typed results (`results.py`); their dicts are read back
+into them on the way in.
+
+Probe implementations live beside this file: the data probes in `data.py`, `clip_scan.py` and
+`features.py`; the model probes in `model.py`, `model_behaviour.py` and `model_features.py`;
+the training probes in `training.py` (the shared training data) and `lr_range.py`,
+`overfit_batch.py`, `grad_stats.py`, `short_run.py`, `temporal_eval.py`; what a run folder
+recorded in `run.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from clipdoctor.config import RunConfig
+from clipdoctor.data.sources import SourceIndex
+from clipdoctor.doctor.probes.results import read_result
+
+log = logging.getLogger(__name__)
+
+
+class ProbeSkipped(Exception):
+    """A measurement that was not taken; the message says why (shown in the report). `probe`
+    names the probe that was skipped; None when a check declines on what it measured."""
+
+    def __init__(self, reason: str, probe: str | None = None) -> None:
+        super().__init__(reason)
+        self.probe = probe
+
+
+class UndeclaredProbe(Exception):
+    """A check or probe read a probe it does not declare: a bug in that check or probe."""
+
+
+def default_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss when none is given: plain cross-entropy on logits (unweighted)."""
+    return torch.nn.functional.cross_entropy(logits, y)
+
+
+class Budget:
+    """Wall-clock budget shared by all probes. Probes shrink (fewer clips, fewer steps)
+    rather than overrun: `scale()` sizes them to the budget, `allowance()` is what a probe
+    with a share may spend."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.started = time.perf_counter()
+        self.share_scale = 1.0  # set by plan(): every declared share times this
+
+    def plan(self, needed: Iterable[str]) -> None:
+        """Give the shares of the probes outside `needed` to the needed ones, in proportion:
+        the probes of a few selected checks spend what all of them would; with every check
+        selected each probe keeps its declared share."""
+        needed = set(needed)
+        shares = {name: spec.share for name, spec in PROBES.items() if spec.share}
+        used = sum(v for name, v in shares.items() if name in needed)
+        self.share_scale = sum(shares.values()) / used if used else 1.0
+
+    def share(self, name: str) -> float:
+        """The planned share of the whole budget for probe `name`."""
+        return PROBES[name].share * self.share_scale
+
+    def allowance(self, name: str) -> float:
+        """Seconds probe `name` may spend: its planned share, never more than is left."""
+        return max(0.0, min(self.share(name) * self.seconds, self.remaining()))
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def remaining(self) -> float:
+        return max(0.0, self.seconds - self.elapsed())
+
+    def scale(self, full: int, minimum: int = 1) -> int:
+        """`full` at a 120 s budget, proportionally less for a smaller one, never below `minimum`."""
+        return max(minimum, int(round(full * min(1.0, self.seconds / 120.0))))
+
+
+@dataclass
+class Context:
+    """What probes may use: the data, the run config, how to make a fresh model and train it.
+
+    `make_model` returns a new, freshly initialised model each call (the built-in
+    ClipClassifier from `config.model`, or a deep copy of the user's module with its initial
+    weights). `user_model` tells probes that the model's structure is unknown to clipdoctor.
+    """
+
+    config: RunConfig
+    make_model: Callable[[], nn.Module]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    make_optimizer: Callable[[Any], torch.optim.Optimizer]
+    data: Any = None  # SourceIndex
+    user_model: bool = False
+    budget: Budget = field(default_factory=lambda: Budget(120))
+    seed: int = 0
+    cache: dict = field(default_factory=dict)  # shared scratch between probes (e.g. a data module)
+    run: Path | None = None  # a run folder (`diagnose --run`): what its training recorded
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    name: str
+    fn: Callable[[Context, "Probes"], Any]
+    min_s: float  # below this much remaining budget the probe is skipped
+    share: float  # of the whole budget it may spend (0: sized by Budget.scale alone)
+    needs: tuple[str, ...]  # the probes it reads
+
+
+PROBES: dict[str, ProbeSpec] = {}
+
+
+def probe(name: str, *, min_s: float = 0.0, share: float = 0.0,
+          needs: tuple[str, ...] = ()) -> Callable:
+    """Register a probe under a unique name, with the probes it reads (`needs`)."""
+
+    def deco(fn: Callable[[Context, "Probes"], Any]) -> Callable:
+        if name in PROBES:
+            raise ValueError(f"probe '{name}' registered twice ({PROBES[name].fn.__module__})")
+        PROBES[name] = ProbeSpec(name, fn, min_s, share, tuple(needs))
+        return fn
+
+    return deco
+
+
+def with_needs(names: Iterable[str]) -> set[str]:
+    """`names` and every probe they need, directly or through other probes."""
+    out: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in out:
+            out.add(name)
+            todo += PROBES[name].needs if name in PROBES else ()
+    return out
+
+
+class Probes:
+    """Lazily computed, memoised measurements (or scripted `values` for tests)."""
+
+    def __init__(self, ctx: Context | None = None, values: dict[str, Any] | None = None) -> None:
+        self.ctx = ctx
+        self.values: dict[str, Any] = {k: read_result(k, v) for k, v in (values or {}).items()}
+        self.skipped: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}
+        self._allowed: frozenset[str] | None = None  # set on views made by only()
+        self._root = self
+
+    def only(self, names: Iterable[str]) -> Probes:
+        """A view that may read `names` only (what a check or probe declares); values, skips
+        and timings are shared with these probes."""
+        view = copy.copy(self)
+        view._allowed = frozenset(names)
+        return view
+
+    def get(self, name: str) -> Any:
+        if self._allowed is not None and name not in self._allowed:
+            raise UndeclaredProbe(f"'{name}' is read but not declared (declared: "
+                                  f"{', '.join(sorted(self._allowed))})")
+        if name in self.values:
+            return self.values[name]
+        if name not in self.skipped:
+            self._measure(name)
+        if name in self.skipped:
+            raise ProbeSkipped(self.skipped[name], probe=name)
+        return self.values[name]
+
+    def _measure(self, name: str) -> None:
+        """Take measurement `name` into `values`, or its reason into `skipped`."""
+        if self.ctx is None or name not in PROBES:
+            self.skipped[name] = f"'{name}' was not measured"
+            return
+        spec = PROBES[name]
+        if self.ctx.budget.remaining() < spec.min_s:
+            self.skipped[name] = (f"time budget spent ({self.ctx.budget.seconds:.0f} s); "
+                                  f"'{name}' needs about {spec.min_s:.0f} s more (raise --budget)")
+            return
+        started = time.perf_counter()
+        try:
+            self.values[name] = spec.fn(self.ctx, self._root.only(spec.needs))
+        except ProbeSkipped as e:
+            self.skipped[name] = str(e)
+        except Exception as e:  # a broken probe must not sink the report
+            log.debug("probe %s failed", name, exc_info=True)
+            self.skipped[name] = f"probe '{name}' failed: {type(e).__name__}: {e}"
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the probe modules
+
+def need_data(ctx: Context) -> Any:
+    if ctx.data is None:
+        raise ProbeSkipped("no dataset given")
+    return ctx.data
+
+
+def _is_index(data: Any) -> bool:
+    return isinstance(data, SourceIndex)
+
+
+def _need_index(ctx: Context) -> SourceIndex:
+    """The data as a clipdoctor SourceIndex; a user's own Dataset has no files to scan."""
+    data = need_data(ctx)
+    if not _is_index(data):
+        raise ProbeSkipped(f"data is a {type(data).__name__}, not a clipdoctor dataset: files, "
+                           "splits and the data pipeline are unknown")
+    return data
+
+
+def datamodule(ctx: Context):
+    """The ClipDataModule of the diagnosed data (built and prepared once per diagnosis).
+
+    Normalisation follows the built-in model's backbone (timm data config); for a user's
+    model, the config's ImageNet defaults."""
+    if "dm" not in ctx.cache:
+        from clipdoctor.data.datamodule import ClipDataModule
+
+        data = need_data(ctx)
+        mean = std = None
+        if not ctx.user_model:
+            try:
+                info = getattr(base_model(ctx), "info", None)
+            except Exception as e:  # e.g. pretrained weights unreachable: data probes go on
+                log.info("model not built (%s); data probes use ImageNet statistics", e)
+                info = None
+            if info is not None:
+                mean, std = info.mean, info.std
+        dm = ClipDataModule(data, ctx.config.data, mean=mean, std=std, seed=ctx.seed)
+        dm.prepare()
+        ctx.cache["dm"] = dm
+    return ctx.cache["dm"]
+
+
+def base_model(ctx: Context) -> nn.Module:
+    """One fresh model kept for read-only probes (structure, shapes); train on make_model()."""
+    if "model" not in ctx.cache:
+        ctx.cache["model"] = ctx.make_model()
+    return ctx.cache["model"]
+
+
+def pick(samples: list, n: int, seed: int = 0, *, stratify: bool = True) -> list:
+    """Up to n samples, seeded, spread over classes (round-robin) when `stratify`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if len(samples) <= n:
+        return list(samples)
+    if not stratify:
+        return [samples[i] for i in sorted(rng.choice(len(samples), n, replace=False))]
+    by_label: dict[int, list] = {}
+    for i in rng.permutation(len(samples)):
+        by_label.setdefault(samples[i].label, []).append(samples[i])
+    out: list = []
+    while len(out) < n:
+        for label in sorted(by_label):
+            if by_label[label] and len(out) < n:
+                out.append(by_label[label].pop())
+    return out
+
+
+def clip_batch(ctx: Context, samples: list, *, train: bool = False, seed: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clips (N, T, C, H, W) float, labels (N,)) through the real data pipeline."""
+    dm = datamodule(ctx)
+    ds = dm.dataset("train", train=train, samples=samples, num_clips=1, seed=seed)
+    items = [ds[i] for i in range(len(ds))]
+    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])

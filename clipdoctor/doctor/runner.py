@@ -1,0 +1,154 @@
+"""Running the doctor: `diagnose()` builds the probes' context, loads the checks, plans the
+time budget over the probes the selected checks require, runs the checks and assembles the
+Report.
+
+Each check sees only the probes it declares (`requires`). A check whose measurement could not
+be taken is listed as skipped with that probe and its reason; a check that crashes (or reads a
+probe it does not declare) becomes a reported failure instead of sinking the whole report
+(cleanlab Datalab's rule). Every probe that was skipped is listed too, with the checks that
+needed it, so a measurement never goes missing silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from clipdoctor.config import RunConfig
+from clipdoctor.doctor.findings import Finding, Report
+from clipdoctor.doctor.probes import (PROBES, Budget, Context, Probes, ProbeSkipped,
+                                        default_loss, with_needs)
+from clipdoctor.doctor.probes.results import TIMING_KEY, Result
+from clipdoctor.doctor.registry import CHECKS, Check
+
+log = logging.getLogger(__name__)
+
+
+def load_checks() -> None:
+    """Import the probe and check modules (each registers itself on import); ValueError when
+    a check requires, or a probe needs, a probe that does not exist."""
+    from clipdoctor.doctor.checks import data, model, temporal, training  # noqa: F401
+    from clipdoctor.doctor.probes import (clip_scan, features, grad_stats,  # noqa: F401
+                                            lr_range, model_behaviour, model_features,
+                                            overfit_batch, run, short_run, temporal_eval)
+    from clipdoctor.doctor.probes import data as _d, model as _m, training as _t  # noqa: F401
+
+    reads = [(f"check '{c.name}'", p) for c in CHECKS.values() for p in c.requires]
+    reads += [(f"probe '{s.name}'", p) for s in PROBES.values() for p in s.needs]
+    unknown = sorted(f"{who} reads unknown probe '{p}'" for who, p in reads if p not in PROBES)
+    if unknown:
+        raise ValueError("; ".join(unknown))
+
+
+def selected_checks(names: list[str] | None = None) -> list[Check]:
+    """The registered checks (or those named), cheapest first."""
+    load_checks()
+    return [c for c in sorted(CHECKS.values(), key=lambda c: (c.order, c.name))
+            if names is None or c.name in names]
+
+
+def run_checks(probes: Probes, names: list[str] | None = None
+               ) -> tuple[list[Finding], list[dict], list[dict]]:
+    """Run the registered checks (or `names`) -> (findings, skipped, failures)."""
+    findings: list[Finding] = []
+    skipped: list[dict] = []
+    failures: list[dict] = []
+    for c in selected_checks(names):
+        try:
+            out = c.fn(probes.only(c.requires)) or []
+        except ProbeSkipped as e:
+            skipped.append({"name": c.name, "codes": list(c.codes), "reason": str(e),
+                            "probe": e.probe})
+            continue
+        except Exception as e:  # noqa: BLE001 — reported, never lost
+            log.debug("check %s crashed", c.name, exc_info=True)
+            failures.append({"name": c.name, "error": f"{type(e).__name__}: {e}"})
+            continue
+        bad = [f.code for f in out if f.code not in c.codes]
+        if bad:
+            failures.append({"name": c.name, "error": f"emitted undeclared codes {bad}"})
+        findings += [f for f in out if f.code in c.codes]
+    return findings, skipped, failures
+
+
+def skipped_probes(probes: Probes, checks: list[Check]) -> list[dict]:
+    """Every probe that was not measured, why, and which of `checks` needed it (directly or
+    through another probe)."""
+    needs = {c.name: with_needs(c.requires) for c in checks}
+    return [{"name": name, "reason": reason,
+             "checks": [c.name for c in checks if name in needs[c.name]]}
+            for name, reason in probes.skipped.items()]
+
+
+def build_context(data: Any = None, *, config: RunConfig | None = None,
+                  model: nn.Module | None = None, loss_fn: Callable | None = None,
+                  optimizer: Callable | None = None, budget_s: float = 120.0,
+                  run: str | Path | None = None) -> Context:
+    """The probes' context for the built-in model (from `config`) or the user's own module;
+    `run` is a run folder whose recorded training (e.g. a non-finite loss) checks may read."""
+    config = config or RunConfig()
+    if model is not None:
+        initial = copy.deepcopy(model).cpu()
+
+        def make_model() -> nn.Module:
+            return copy.deepcopy(initial)
+    else:
+        from clipdoctor.models.classifier import build_classifier
+
+        num_classes = len(data.classes) if data is not None else 2
+
+        def make_model() -> nn.Module:
+            torch.manual_seed(config.seed)
+            return build_classifier(config.model, num_classes)
+
+    def make_optimizer(params) -> torch.optim.Optimizer:
+        if optimizer is not None:
+            return optimizer(params)
+        return torch.optim.AdamW(params, lr=config.train.lr,
+                                 weight_decay=config.train.weight_decay)
+
+    return Context(config=config, make_model=make_model, loss_fn=loss_fn or default_loss,
+                   make_optimizer=make_optimizer, data=data, user_model=model is not None,
+                   budget=Budget(budget_s), seed=config.seed,
+                   run=Path(run) if run is not None else None)
+
+
+def _public(value: Any) -> Any:
+    """A probe's value as the report keeps it: typed results as their JSON, dicts without
+    their `_key` entries (raw arrays, models)."""
+    if isinstance(value, Result):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if not str(k).startswith("_")}
+    return value
+
+
+def diagnose(data: Any = None, *, config: RunConfig | None = None, model: nn.Module | None = None,
+             loss_fn: Callable | None = None, optimizer: Callable | None = None,
+             budget_s: float = 120.0, checks: list[str] | None = None,
+             run: str | Path | None = None) -> Report:
+    """Run every check (or those named in `checks`) on `data` with the built-in model
+    (`config`) or the user's `model`; with `run`, also what that run folder recorded
+    (RUN/failure.json)."""
+    started = time.perf_counter()
+    selected = selected_checks(checks)
+    ctx = build_context(data, config=config, model=model, loss_fn=loss_fn, optimizer=optimizer,
+                        budget_s=budget_s, run=run)
+    ctx.budget.plan(with_needs(p for c in selected for p in c.requires))
+    probes = Probes(ctx)
+    findings, skipped, failures = run_checks(probes, checks)
+    public = {name: _public(value) for name, value in probes.values.items()}
+    for name, seconds in probes.seconds.items():
+        if isinstance(public.get(name), dict):
+            public[name][TIMING_KEY] = seconds
+    dataset = public.pop("dataset", {})
+    model_info = public.pop("model_summary", {})
+    return Report(findings=findings, probes=public, dataset=dataset, model=model_info,
+                  skipped=skipped, skipped_probes=skipped_probes(probes, selected),
+                  failures=failures, wall_s=time.perf_counter() - started)
