@@ -31,6 +31,30 @@ def test_load_dataset_from_arrays_splits_and_checks():
         cd.load_dataset(42)
 
 
+def test_load_dataset_from_user_datasets_and_loaders():
+    """DESIGN §3: the user's own torch Datasets (by name: val=, test=) and DataLoaders; tensors
+    as (X, y); every other form one DataError naming the accepted ones."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    clips = torch.rand(12, 4, 3, 16, 16)  # (N, T, C, H, W)
+    labels = torch.arange(12) % 2
+    train, val = TensorDataset(clips, labels), TensorDataset(clips[:4], labels[:4])
+    data = cd.load_dataset(train, val=val, test=DataLoader(val, batch_size=2))
+    assert data.classes == ["0", "1"] and str(data.layout) == "(T, C, H, W) float32"
+    assert data.counts_total() == {"train": 12, "val": 4, "test": 4}
+    assert data.batch_size == 2 and data.format == "dataloader"
+    assert cd.load_dataset(data) is data
+    X = np.stack([numbered_frames(6, (16, 16)) for _ in range(12)])
+    assert len(cd.load_dataset((torch.from_numpy(X), labels)).samples) == 12
+    with pytest.raises(cd.DataError, match="pass them by name"):
+        cd.load_dataset((train, val))
+    with pytest.raises(cd.DataError, match="accepted: a dataset path"):
+        cd.load_dataset(TensorDataset(clips[:, 0], labels))  # (N, C, H, W): no time axis
+    with pytest.raises(cd.DataError, match="torch Datasets"):
+        cd.load_dataset(3.5)
+
+
 _IDENTITY = """
 import importlib, inspect, pkgutil, sys
 order = sys.argv[1]

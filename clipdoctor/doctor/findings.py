@@ -41,6 +41,8 @@ CODES: dict[str, tuple[str, str]] = {
                                            "pixels move: pooling discards the motion"),
     "oversized-model": ("model", "parameters far exceed what the data can fit"),
     "bad-init-loss": ("model", "loss at initialisation far from ln(classes)"),
+    "output-ignores-input": ("model", "the logits move no more than the noise floor when the "
+                                      "clips are replaced by other clips"),
     "lr-too-high": ("training", "loss diverges or oscillates; LR range test says lower"),
     "lr-too-low": ("training", "loss barely moves; LR range test says higher"),
     "exploding-gradients": ("training", "gradient norms spike or grow without bound"),
@@ -121,7 +123,9 @@ class Report:
     skipped: list[dict] = field(default_factory=list)
     # probes not measured: {"name", "reason", "checks" (those that needed it)}
     skipped_probes: list[dict] = field(default_factory=list)
-    failures: list[dict] = field(default_factory=list)  # {"name", "error"}: checks that crashed
+    # what crashed: checks {"name", "error"}, and probes that raised (often inside the user's
+    # model) {"name", "kind": "probe", "error", "checks" (those it kept from running)}
+    failures: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
 
     def __post_init__(self) -> None:

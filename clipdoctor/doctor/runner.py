@@ -6,7 +6,8 @@ Each check sees only the probes it declares (`requires`). A check whose measurem
 be taken is listed as skipped with that probe and its reason; a check that crashes (or reads a
 probe it does not declare) becomes a reported failure instead of sinking the whole report
 (cleanlab Datalab's rule). Every probe that was skipped is listed too, with the checks that
-needed it, so a measurement never goes missing silently.
+needed it, so a measurement never goes missing silently; a probe that raised (often inside the
+user's model) is also listed under `failures`, with the exception and the checks it stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 
 from clipdoctor.config import RunConfig
 from clipdoctor.doctor.findings import Finding, Report
+from clipdoctor.doctor.optimizers import optimizer_maker
 from clipdoctor.doctor.probes import (PROBES, Budget, Context, Probes, ProbeSkipped,
                                         default_loss, with_needs)
 from clipdoctor.doctor.probes.results import TIMING_KEY, Result
@@ -86,15 +88,78 @@ def skipped_probes(probes: Probes, checks: list[Check]) -> list[dict]:
             for name, reason in probes.skipped.items()]
 
 
+def failed_probes(probes: Probes, checks: list[Check]) -> list[dict]:
+    """Every probe that raised (inside the user's model, or a bug): its name, the exception
+    and where it was raised, and which of `checks` it kept from running (they are listed as
+    skipped, their reason pointing here)."""
+    needs = {c.name: with_needs(c.requires) for c in checks}
+    return [{"name": name, "kind": "probe", "error": error,
+             "checks": [c.name for c in checks if name in needs[c.name]]}
+            for name, error in probes.failed.items()]
+
+
+def as_data(data: Any, augment: Callable | None = None) -> Any:
+    """The diagnosed data as the probes read it: None, a SourceIndex, or UserData. A path or
+    (X, y) arrays are loaded, the user's own Dataset / DataLoader wrapped (`augment` rides
+    along); anything else is one DataError naming the accepted forms (never an empty report)."""
+    from clipdoctor import load_dataset
+    from clipdoctor.data.sources import SourceIndex
+    from clipdoctor.data.user import UserData, is_user_data_form
+    from clipdoctor.errors import DataError
+
+    if data is None:
+        if augment is not None:
+            raise DataError("augment= needs data to test it on: pass your Dataset too")
+        return None
+    if isinstance(data, SourceIndex):
+        return data
+    if isinstance(data, UserData):
+        return data.with_augment(augment) if augment is not None else data
+    if is_user_data_form(data):
+        return load_dataset(data, augment=augment)
+    return load_dataset(data)  # a path or (X, y): `augment` is kept in the context
+
+
+def fit_config(config: RunConfig, data: Any) -> RunConfig:
+    """For the user's own Datasets, the run config's data section made to describe them: T,
+    frame size (square frames) and batch size (a DataLoader's) as the user's clips have them."""
+    from clipdoctor.data.user import UserData
+
+    if not isinstance(data, UserData) or not data.samples:
+        return config
+    clip, _ = data.clip(data.samples[0])
+    shape = tuple(int(v) for v in clip.shape)
+    t, h, w = (shape[0], shape[2], shape[3]) if data.layout.order == "TCHW" else shape[:3]
+    update: dict = {"frames": t}
+    if h == w:
+        update.update(size=h, frame_size=max(h, config.data.frame_size))
+    if data.batch_size:
+        update["batch_size"] = data.batch_size
+    try:
+        fitted = type(config.data).model_validate({**config.data.model_dump(), **update})
+    except Exception as e:  # noqa: BLE001 — sizes the config refuses: keep it as it is
+        log.info("run config not fitted to the user's data (%s)", e)
+        return config
+    return config.model_copy(update={"data": fitted})
+
+
 def build_context(data: Any = None, *, config: RunConfig | None = None,
                   model: nn.Module | None = None, loss_fn: Callable | None = None,
-                  optimizer: Callable | None = None, budget_s: float = 120.0,
-                  run: str | Path | None = None) -> Context:
+                  optimizer: Callable | torch.optim.Optimizer | None = None,
+                  budget_s: float = 120.0, run: str | Path | None = None,
+                  augment: Callable | None = None) -> Context:
     """The probes' context for the built-in model (from `config`) or the user's own module;
-    `run` is a run folder whose recorded training (e.g. a non-finite loss) checks may read."""
-    config = config or RunConfig()
+    `run` is a run folder whose recorded training (e.g. a non-finite loss) checks may read.
+
+    `optimizer`: a factory of the parameters, a factory of the model, or a ready Optimizer
+    built on `model` (`doctor/optimizers.py` says how the forms are told apart); rebuilt on
+    each fresh copy. The probes work on deep copies: `model` and `optimizer` stay as given."""
+    data = as_data(data, augment)  # the user's own Datasets -> UserData (DataError otherwise)
+    config = fit_config(config or RunConfig(), data)
     if model is not None:
-        initial = copy.deepcopy(model).cpu()
+        initial = copy.deepcopy(model).cpu()  # the user's module is never touched
+        for p in initial.parameters():
+            p.grad = None  # gradients left from the user's training are not the copy's
 
         def make_model() -> nn.Module:
             return copy.deepcopy(initial)
@@ -107,16 +172,14 @@ def build_context(data: Any = None, *, config: RunConfig | None = None,
             torch.manual_seed(config.seed)
             return build_classifier(config.model, num_classes)
 
-    def make_optimizer(params) -> torch.optim.Optimizer:
-        if optimizer is not None:
-            return optimizer(params)
-        return torch.optim.AdamW(params, lr=config.train.lr,
-                                 weight_decay=config.train.weight_decay)
-
+    make_optimizer = optimizer_maker(optimizer, config, make_model, model)
+    if model is not None and optimizer is not None:
+        make_optimizer(make_model())  # a factory that cannot serve a copy: one clear error now
     return Context(config=config, make_model=make_model, loss_fn=loss_fn or default_loss,
                    make_optimizer=make_optimizer, data=data, user_model=model is not None,
                    budget=Budget(budget_s), seed=config.seed,
-                   run=Path(run) if run is not None else None)
+                   run=Path(run) if run is not None else None,
+                   augment=augment if augment is not None else getattr(data, "augment", None))
 
 
 def _public(value: Any) -> Any:
@@ -130,16 +193,20 @@ def _public(value: Any) -> Any:
 
 
 def diagnose(data: Any = None, *, config: RunConfig | None = None, model: nn.Module | None = None,
-             loss_fn: Callable | None = None, optimizer: Callable | None = None,
+             loss_fn: Callable | None = None,
+             optimizer: Callable | torch.optim.Optimizer | None = None,
              budget_s: float = 120.0, checks: list[str] | None = None,
-             run: str | Path | None = None) -> Report:
+             run: str | Path | None = None, augment: Callable | None = None) -> Report:
     """Run every check (or those named in `checks`) on `data` with the built-in model
     (`config`) or the user's `model`; with `run`, also what that run folder recorded
-    (RUN/failure.json)."""
+    (RUN/failure.json). `data`: what `load_dataset` returns, or anything it takes (a path,
+    (X, y) arrays, the user's own Dataset / DataLoader); `augment`: the user's own clip
+    augmentation (a callable on one clip), tested by `inconsistent-augmentation`."""
     started = time.perf_counter()
+    data = as_data(data, augment)  # before anything runs: a bad data form is one clear error
     selected = selected_checks(checks)
     ctx = build_context(data, config=config, model=model, loss_fn=loss_fn, optimizer=optimizer,
-                        budget_s=budget_s, run=run)
+                        budget_s=budget_s, run=run, augment=augment)
     ctx.budget.plan(with_needs(p for c in selected for p in c.requires))
     probes = Probes(ctx)
     findings, skipped, failures = run_checks(probes, checks)
@@ -148,7 +215,10 @@ def diagnose(data: Any = None, *, config: RunConfig | None = None, model: nn.Mod
         if isinstance(public.get(name), dict):
             public[name][TIMING_KEY] = seconds
     dataset = public.pop("dataset", {})
+    if hasattr(ctx.data, "describe"):  # the user's own Datasets: form and layout, always stated
+        dataset = {**ctx.data.describe(), **dataset}
     model_info = public.pop("model_summary", {})
     return Report(findings=findings, probes=public, dataset=dataset, model=model_info,
                   skipped=skipped, skipped_probes=skipped_probes(probes, selected),
-                  failures=failures, wall_s=time.perf_counter() - started)
+                  failures=failed_probes(probes, selected) + failures,
+                  wall_s=time.perf_counter() - started)

@@ -155,9 +155,15 @@ def print_report(report: "Report", console: Console | None = None) -> None:
         for s in report.skipped_probes:
             console.print(Text(f"  {s['name']}: {s['reason']}", style="dim"))
     if report.failures:
-        console.print(Text(f"failed checks ({len(report.failures)}):", style="red bold"))
+        console.print(Text(f"failures ({len(report.failures)}): what they cover was not "
+                           "examined", style="red bold"))
         for s in report.failures:
-            console.print(Text(f"  {s.get('name', '?')}: {s.get('error', '')}", style="red"))
+            if s.get("kind") == "probe":
+                stopped = ", ".join(s.get("checks") or []) or "none"
+                console.print(Text(f"  probe {s.get('name', '?')}: {s.get('error', '')} "
+                                   f"(checks not run: {stopped})", style="red"))
+            else:
+                console.print(Text(f"  {s.get('name', '?')}: {s.get('error', '')}", style="red"))
     worst = report.worst() if report.worst() in ("error", "warning") else None
     console.print(Text(verdict(report), style=_VERDICT_STYLE[worst]))
 

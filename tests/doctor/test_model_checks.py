@@ -114,6 +114,16 @@ class FrozenCNNLSTM(CNNLSTM):
         return self
 
 
+class ZeroFeatureCNNLSTM(CNNLSTM):
+    """The bug: the LSTM's features are multiplied by 0 before the classifier (a mask or gate
+    left at zero): the logits are the classifier's bias whatever the clips."""
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        B, T = clips.shape[:2]
+        _, (h, _) = self.rnn(self.cnn(clips.flatten(0, 1)).view(B, T, -1))
+        return self.fc(h[-1] * 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # data and helpers
 
@@ -306,6 +316,25 @@ def test_bad_init_loss_scripted():
     assert scripted("init_loss", loss_at_init={"error": "IndexError", "ln_k": 1.4}) == []
 
 
+def test_output_ignores_input_scripted():
+    def stage(change: float, floor: float = 2e-7) -> dict:
+        return {"input_change": change, "replaced_change": change, "shuffled_change": change,
+                "constant_change": change, "noise_floor": floor, "reorder_noise": 0.0,
+                "float_floor": floor, "logit_scale": 0.2}
+
+    blind = {"input": "clips", "clips": 8, "other_class_pairs": 8, "fresh": stage(0.0),
+             "trained": stage(0.0), "trained_steps": 3}
+    (f,) = scripted("output_ignores_input", input_dependence=blind)
+    assert (f.code, f.severity, f.area) == ("output-ignores-input", "error", "model")
+    assert f.evidence["noise_floor"] == 2e-7 and "zero" in f.remedy
+    # measured on a healthy CNN-LSTM at init: other clips move the logits ~1e-2
+    assert scripted("output_ignores_input", input_dependence={
+        **blind, "fresh": stage(1e-2), "trained": None}) == []
+    # a last layer that starts at zero: blind at init, not after three steps
+    assert scripted("output_ignores_input", input_dependence={
+        **blind, "trained": stage(4e-3)}) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end: planted faults in user models, and their fixed twins
 
@@ -326,6 +355,8 @@ USER_CASES = [  # (check, code, severity, broken model, fixed twin)
      lambda: CNNLSTM(init_scale=300.0), lambda: CNNLSTM()),
     ("model_size", "oversized-model", "warning",
      lambda: CNNLSTM(hidden=1200), lambda: CNNLSTM()),
+    ("output_ignores_input", "output-ignores-input", "error",
+     lambda: ZeroFeatureCNNLSTM(), lambda: CNNLSTM()),
 ]
 
 

@@ -303,8 +303,9 @@ def test_prediction_collapse_sick_and_healthy():
         "prediction-collapse": "warning"}
     early = short_run(val_pred_counts=[32, 0, 0, 0, 0, 0, 0, 0], steps=48, epochs=3,
                       train_loss=[2.108, 2.067, 2.021])  # a healthy model can do that early on
-    assert findings(healthy(short_run=early), ["prediction_collapse"]) == {
-        "prediction-collapse": "info"}
+    # too few steps for a verdict: skipped, saying how many it needs (issue 13)
+    out, skipped, _ = run_checks(Probes(values=healthy(short_run=early)), ["prediction_collapse"])
+    assert out == [] and "needs 100 optimizer steps, the budget allowed 48" in skipped[0]["reason"]
     two = short_run(classes=2, val_counts=[16, 16], val_pred_counts=[31, 1],
                     train_loss=[0.69, 0.6, 0.5])  # two classes, loss moving: not collapse
     assert findings(healthy(short_run=two), ["prediction_collapse"]) == {}
@@ -351,6 +352,24 @@ def test_temporal_order_ignored_sick_and_healthy():
                         above_chance=False, acc=0.125, shuffled_acc=0.125)
     assert findings(healthy(temporal_eval=constant), ["frame_order"]) == {}
     assert findings(healthy(), ["frame_order"]) == {}
+
+
+def test_temporal_order_judged_against_the_noise_floor_not_a_fixed_tolerance():
+    """The issue's user model: shuffling moved the logits 7.5e-5 after one step (flagged against
+    a fixed 1e-4), 2.3e-4 in the faulty run (not flagged). Now the shuffle is judged against
+    the measured noise floor and the change other clips make, and one step is no verdict."""
+    scales = dict(acc=0.125, above_chance=False, shuffled_acc=0.125, noise_floor=5e-7,
+                  replace_logit_change=3e-4, content_logit_change=2e-4)
+    for change in (7.5e-5, 2.3e-4):  # both real order effects: neither is order-invariance
+        t = temporal(max_logit_change=change, steps=200, **scales)
+        assert findings(healthy(temporal_eval=t), ["frame_order"]) == {}
+    one_step = temporal(max_logit_change=0.0, steps=1, **scales)
+    out, skipped, _ = run_checks(Probes(values=healthy(temporal_eval=one_step)), ["frame_order"])
+    assert out == [] and "needs 50 optimizer steps, the budget allowed 1" in skipped[0]["reason"]
+    # a mean over time: within the floor, and the model is stuck at chance
+    blind = temporal(max_logit_change=3e-7, steps=200, **scales)
+    assert findings(healthy(temporal_eval=blind), ["frame_order"]) == {
+        "temporal-order-ignored": "warning"}
 
 
 def test_no_temporal_gain_sick_and_healthy():
@@ -599,8 +618,9 @@ def test_e2e_static_task_shows_no_temporal_gain(static_data):
 
 
 def test_budget_sizes_the_probes(pair_data):
-    from clipdoctor.doctor.runner import build_context
+    from clipdoctor.doctor.runner import build_context, load_checks
 
+    load_checks()  # the probes register on import
     def measured(budget: float) -> Probes:
         ctx = build_context(pair_data, config=tiny(), model=_MLP(), budget_s=budget)
         probes = Probes(ctx)

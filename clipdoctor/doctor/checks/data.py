@@ -126,8 +126,11 @@ def class_balance(probes: Probes) -> list[Finding]:
         f"Training classes are imbalanced {im['ratio']:.1f}:1 ('{im['big']}' {im['n_big']} clips, "
         f"'{im['small']}' {im['n_small']})",
         evidence,
-        "Weight the loss by class (--class-weighting balanced) or sample classes evenly "
-        "(--class-weighting sampler); collect more clips of the small classes.",
+        ("Weight your loss by class (nn.CrossEntropyLoss(weight=n / (K * counts))) or sample "
+         "classes evenly (torch.utils.data.WeightedRandomSampler); collect more clips of the "
+         "small classes." if d.get("user_model") else
+         "Weight the loss by class (--class-weighting balanced) or sample classes evenly "
+         "(--class-weighting sampler); collect more clips of the small classes."),
         effect=math.log(im["ratio"]))]
 
 
@@ -164,9 +167,11 @@ def sample_size(probes: Probes) -> list[Finding]:
          "warning_below": FEW_WARN * needed,
          "trainable_params": params, "params_per_clip": round(params / max(1, sum(counts))),
          "short_classes": {c: n for n, c in low[:20]}, "train_clips": sum(counts)},
-        "Collect more clips of these classes; meanwhile train fewer parameters: a frozen "
-        "pretrained backbone (--freeze-backbone --pretrained), a smaller head (--hidden 128 "
-        "--proj-dim 128) and more augmented views (--feature-views 4).",
+        "Collect more clips of these classes; meanwhile train fewer parameters: "
+        + ("freeze a pretrained CNN (in eval mode), keep the LSTM and head small, and augment "
+           "each clip." if d.get("user_model") else
+           "a frozen pretrained backbone (--freeze-backbone --pretrained), a smaller head "
+           "(--hidden 128 --proj-dim 128) and more augmented views (--feature-views 4)."),
         effect=(needed - fewest) / needed * lnk(len(d["classes"])))]
 
 
@@ -267,9 +272,13 @@ def split_classes(probes: Probes) -> list[Finding]:
         {"counts": {s: dict(zip(classes, counts[s])) for s in counts},
          "not_in_train": unseen, "missing_from_split": missing, "share_distance": tvd,
          "share_distance_warn": SHARE_TVD, "untrained_eval_share": untrained_share},
-        "Split per class (stratified): drop the fixed val/test split and let clipdoctor split "
-        "(--val-fraction 0.1 --test-fraction 0.1); never take validation from the tail of "
-        "class-sorted data.",
+        ("Split per class (stratified): sklearn's train_test_split(indices, stratify=labels) "
+         "or StratifiedShuffleSplit, then torch.utils.data.Subset; never take validation from "
+         "the tail of class-sorted data."
+         if d.get("format") in ("torch-dataset", "dataloader") else
+         "Split per class (stratified): drop the fixed val/test split and let clipdoctor split "
+         "(--val-fraction 0.1 --test-fraction 0.1); never take validation from the tail of "
+         "class-sorted data."),
         effect=max([untrained_share, 0.1, *drift.values()]) * lnk(len(d["classes"])))]
 
 
@@ -443,15 +452,19 @@ def clip_shape(probes: Probes) -> list[Finding]:
             f"{sh.get('frames_sampled')} frames, so this is handled",
             evidence, "Nothing to do; --size and --frames set what the model sees.", effect=0.0)]
     handled_len = what == ["frames"] and sh.get("with_length")
+    collated = sh.get("collated")  # the Dataset's collate batched two clips of unequal shape
+    handled = collated if collated is not None else handled_len
+    how = (" (lengths given: padded and masked)" if handled_len
+           else " (your collate batches them)") if handled else ": they cannot be batched"
+    evidence["collated"] = collated
     return [Finding(
-        "inconsistent-clip-shape", "info" if handled_len else "error",
-        f"Your Dataset yields clips that vary in {', '.join(what)}"
-        + (" (lengths given: padded and masked)" if handled_len else ": they cannot be batched"),
+        "inconsistent-clip-shape", "info" if handled else "error",
+        f"Your Dataset yields clips that vary in {', '.join(what)}" + how,
         evidence,
         "Resize every frame to one size and sample a fixed number of frames in the Dataset "
         "(or return (clip, label, length) and pad), or load the files with "
         "clipdoctor.load_dataset, which does both.",
-        effect=0.0 if handled_len else 2.0)]
+        effect=0.0 if handled else 2.0)]
 
 
 # ==== model inputs: normalisation, augmentation ===============================================
@@ -463,12 +476,17 @@ def _close(a: list[float], b: list[float]) -> bool:
 @check("unnormalized-input", order=15, requires=("input_stats",))
 def input_normalization(probes: Probes) -> list[Finding]:
     """Model inputs in 0..255 or 0..1, normalised with other statistics than the backbone's
-    weights expect, or with grossly off per-channel statistics."""
+    weights expect, or with grossly off per-channel statistics. For the user's own model the
+    numbers are those of what reaches its first layer with weights (it may scale inside
+    `forward`); a first layer that normalises its input (BatchNorm, ...) takes any scale."""
     st = probes.get("input_stats")
+    if st.get("self_normalising"):
+        return []
     mean, std, lo, hi = st["mean"], st["std"], st["min"], st["max"]
     applied, expected = st["applied"], st.get("expected")
     evidence = {"mean": mean, "std": std, "min": lo, "max": hi, "applied": applied,
                 "expected": expected, "clips": st["clips"]}
+    evidence.update({k: st[k] for k in ("judged_on", "layout", "raw") if k in st})
     if max(abs(lo), abs(hi)) > RAW_RANGE:
         return [Finding(
             "unnormalized-input", "error",
@@ -480,7 +498,7 @@ def input_normalization(probes: Probes) -> list[Finding]:
     problems = []
     if lo >= -UNIT_SLACK and hi <= 1 + UNIT_SLACK:
         problems.append(f"inputs lie in {lo:.2f}..{hi:.2f}: scaled to 0..1 but not standardised")
-    if expected and not (_close(applied["mean"], expected["mean"])
+    if expected and applied and not (_close(applied["mean"], expected["mean"])
                          and _close(applied["std"], expected["std"])):
         problems.append(f"normalised with mean {applied['mean']} / std {applied['std']}, but "
                         f"{expected['backbone']} expects {expected['mean']} / {expected['std']}")
@@ -507,16 +525,22 @@ def augmentation_consistency(probes: Probes) -> list[Finding]:
     if jitter < JITTER_MIN:
         return []
     ratio = jitter / motion if motion > 0 else float("inf")
+    users = au.get("source")  # "augment=<name>": the user's own clip augmentation
+    remedy = ("Draw augmentation parameters once per clip (data.augment.per_frame: false; "
+              "torchvision v2 on a tv_tensors.Video does this).") if not users else (
+        f"Make {users} draw its random parameters once per clip and apply them to every frame "
+        "(torchvision.transforms.v2 on the whole (T, C, H, W) clip or a tv_tensors.Video does; "
+        "a loop over frames calling a random transform does not).")
     return [Finding(
         "inconsistent-augmentation", "error" if ratio >= JITTER_ERROR else "warning",
-        f"The training transform changes identical frames of a clip differently "
-        f"(jitter {jitter:.3f} vs real motion {motion:.3f} per step)",
+        f"{'Your ' + users if users else 'The training transform'} changes identical frames "
+        f"of a clip differently (jitter {jitter:.3f} vs real motion {motion:.3f} per step)",
         {"jitter": jitter, "jitter_max": au["jitter_max"], "motion": motion,
          "jitter_over_motion": ratio if math.isfinite(ratio) else "inf",
          "jitter_min": JITTER_MIN, "error_at_ratio": JITTER_ERROR,
-         "per_frame_setting": au.get("per_frame_setting")},
-        "Draw augmentation parameters once per clip (data.augment.per_frame: false; "
-        "torchvision v2 on a tv_tensors.Video does this).",
+         "per_frame_setting": au.get("per_frame_setting"), "source": users,
+         "units": au.get("units")},
+        remedy,
         effect=min(3.0, ratio) if math.isfinite(ratio) else 3.0)]
 
 

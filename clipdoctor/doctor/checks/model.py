@@ -2,7 +2,8 @@
 and fed (outputs vs labels and loss, a softmax before the loss, batch and time axes,
 bidirectional read-outs, padding masks, frozen BatchNorm), what it starts from (loaded
 weights, the loss at init) and what it can represent (trainable parameters per clip, the
-narrowest feature width, motion left in the pooled features).
+narrowest feature width, motion left in the pooled features), and whether its output depends
+on its input at all (other clips against the noise floor).
 
 Each check reads the model probes' measurements only. Thresholds are named constants; the
 comment on each says where the number comes from (FIELD-NOTES, a mathematical bound, or what
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from clipdoctor.doctor.checks.common import get
+from clipdoctor.doctor.checks.common import INPUT_FACTOR, get, ignores_input
 from clipdoctor.doctor.findings import Finding
 from clipdoctor.doctor.probes import Probes
 from clipdoctor.doctor.registry import check
@@ -232,7 +233,9 @@ def frozen_batchnorm(probes: Probes) -> list[Finding]:
     ev = {"drifted_layers": len(drifted), "frozen_batchnorm_layers": d.get("frozen_batchnorm"),
           "examples": drifted[:5], "max_relative_change": change,
           "measured": "layers in train mode after model.train()" if static else
-          "running statistics before / after one training step"}
+          "running statistics before / after one training step",
+          "frozen": "no update: requires_grad=False, no gradient (torch.no_grad() / .detach() "
+                    "in forward) or not in the optimizer"}
     return [Finding(
         "frozen-batchnorm-drift", "warning",
         f"{len(drifted)} frozen BatchNorm layers still update their running statistics "
@@ -367,7 +370,8 @@ def motion_visibility(probes: Probes) -> list[Finding]:
 
 @check("oversized-model", order=12, requires=("model_summary",))
 def model_size(probes: Probes) -> list[Finding]:
-    """Trainable parameters per training clip (a frozen backbone does not count)."""
+    """Trained parameters per training clip (a frozen part does not count, however it is
+    frozen: requires_grad, no_grad / detach in forward, or left out of the optimizer)."""
     s = probes.get("model_summary")
     n, trainable = s.get("train_clips"), s.get("trainable")
     if not n or not trainable:
@@ -377,8 +381,8 @@ def model_size(probes: Probes) -> list[Finding]:
         return []
     severity = "warning" if per >= PARAMS_PER_CLIP_WARN else "info"
     ev = {"trainable_parameters": trainable, "frozen_parameters": s.get("frozen"),
-          "train_clips": n, "per_clip": per, "info_at": PARAMS_PER_CLIP_INFO,
-          "warning_at": PARAMS_PER_CLIP_WARN}
+          "frozen_by": s.get("frozen_by"), "train_clips": n, "per_clip": per,
+          "info_at": PARAMS_PER_CLIP_INFO, "warning_at": PARAMS_PER_CLIP_WARN}
     remedy = ("Freeze the backbone (--freeze-backbone, with --pretrained weights), shrink the "
               "head (--hidden 128 --proj-dim 128), or collect more clips."
               if s.get("source") == "built-in" else
@@ -415,3 +419,42 @@ def init_loss(probes: Probes) -> list[Finding]:
         "Start from near-uniform predictions: initialise the last layer small (e.g. "
         "nn.init.zeros_ on its bias, std 0.01 on its weight) and check the input scale "
         "(normalised clips, no 0-255 values).", (loss - r["ln_k"]) if finite else 10.0)]
+
+
+# ==== does the output depend on the input at all ==============================================
+
+@check("output-ignores-input", order=14, requires=("input_dependence",))
+def output_ignores_input(probes: Probes) -> list[Finding]:
+    """Replacing the clips by other clips (of other classes) moves the fresh model's logits by
+    no more than INPUT_FACTOR x the noise floor, and still so after a few training steps (a
+    zero-initialised last layer depends on the input from its first update on)."""
+    d = probes.get("input_dependence")
+    if not ignores_input(d):
+        return []
+    f, t = d["fresh"], d.get("trained")
+    keys = ("input_change", "replaced_change", "shuffled_change", "constant_change",
+            "noise_floor", "reorder_noise", "float_floor", "logit_scale")
+    ev = {**{k: f.get(k) for k in keys}, "factor": INPUT_FACTOR, "clips": d.get("clips"),
+          "other_class_pairs": d.get("other_class_pairs"), "input": d.get("input"),
+          "trained_steps": d.get("trained_steps"),
+          "trained_input_change": t["input_change"] if t else None,
+          "trained_noise_floor": t["noise_floor"] if t else None,
+          "trained": {k: t.get(k) for k in keys} if t else None,
+          "measured": "largest |logit change| of a fresh model in eval mode; noise floor = the "
+                      "same clips in another batch order / size, at least 1e-6 x max|logit|"}
+    if d.get("trained_error"):
+        ev["trained_error"] = d["trained_error"]
+    after = f"; {t['input_change']:.1e} after {d['trained_steps']} training steps" if t else ""
+    return [Finding(
+        "output-ignores-input", "error",
+        f"The output does not depend on the input: other clips move the logits by "
+        f"{f['input_change']:.1e} ({d.get('clips')} clips replaced{after}), no more than "
+        f"{INPUT_FACTOR:g}x the noise floor {f['noise_floor']:.1e}",
+        ev, "Make the logits a function of the clips: look in forward for a branch that is "
+        "multiplied by zero, replaced by a constant (torch.zeros_like(x), a parameter or "
+        "buffer returned as it is) or overwritten before the classifier, and check that "
+        "forward returns what the classifier computes from the clips; a layer whose units never "
+        "fire (dead ReLUs, see dead-units) cuts the input off the same way. No training can "
+        "lower the loss below the class prior until then.",
+        2.5)]  # nothing else can be fixed first: above every training effect (<= 2), below
+    # nan-loss (3)

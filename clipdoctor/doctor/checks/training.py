@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 
 from clipdoctor.doctor.checks.common import (HIGH_LOSS, IMBALANCE_WARN, WEIGHTED, get,
-                                               imbalance, lnk, skip_unless)
+                                               imbalance, lnk, skip_if_input_ignored,
+                                               skip_unless)
 from clipdoctor.doctor.findings import Finding
 from clipdoctor.doctor.probes import Probes, ProbeSkipped
 from clipdoctor.doctor.probes.results import Curves, LRRange, OverfitBatch, ShortRun
@@ -68,7 +69,13 @@ FALLING_WARN = 0.4  # ... a warning only when it fell by 40 %: our short run kee
 COLLAPSE_SHARE = 0.9  # one class gets >= 90 % of the predictions (brief; five-video #130)
 COLLAPSE_EXCESS = 0.3  # ... at least 30 points more than its true share of the val clips
 COLLAPSE_MIN_STEPS = 100  # early in training a healthy model predicts one class too: the demo
-# starts to separate classes after ~50 steps and predicts all 8 classes by 128
+# starts to separate classes after ~50 steps and predicts all 8 classes by 128. With fewer steps
+# the check is skipped ("needs 100 optimizer steps, the budget allowed M"), never reported
+CURVES_MIN_STEPS = 50  # the curves' verdicts (underfitting above all) before the demo starts to
+# separate its classes (~50 steps) describe every model, healthy or not
+# The other checks of the short run declare no minimum: a non-finite loss (nan-loss) or a
+# divergence (lr-too-high) is evidence at any step, lr-too-low's "flat" needs MIN_EPOCHS and a
+# range test that agrees, and over-regularized compares two runs of equal length
 # -- regularisation --------------------------------------------------------------------------
 REG_RATIO = 0.5  # without weight decay / dropout the train loss halves ...
 REG_MIN_DROP = 0.2  # ... and drops by at least 0.2 ln K
@@ -144,6 +151,7 @@ def gradients(probes: Probes) -> list[Finding]:
                 "first_norms": g.first_norms, "last_norms": g.last_norms,
                 "median_ratio": ratio, "total_norms": g.total_norms, "growth": growth,
                 "lr": g.lr, "steps": g.steps,
+                "watched": "trained layers only (frozen parts get no gradient by design)",
                 "thresholds": {"explode_ratio": EXPLODE_RATIO, "explode_growth": EXPLODE_GROWTH,
                                "vanish_ratio": VANISH_RATIO, "vanish_norm": VANISH_NORM}}
     if bad_grad or growth >= EXPLODE_GROWTH or ratio > EXPLODE_RATIO:
@@ -192,7 +200,8 @@ def dead_units(probes: Probes) -> list[Finding]:
     sat = acts.saturation_share_max
     evidence = {k: v for k, v in acts.to_dict().items() if not k.endswith("per_layer")}
     evidence.update(thresholds={"relu_zero_share": DEAD_RELU, "dead_channels": DEAD_CHANNELS,
-                                "saturated": SATURATED}, lr=g.lr, steps=g.steps)
+                                "saturated": SATURATED}, lr=g.lr, steps=g.steps,
+                    watched="units outside frozen parts")
     relu_dead = zero is not None and (zero >= DEAD_RELU or dead >= DEAD_CHANNELS)
     saturated = sat is not None and sat > SATURATED
     if not (relu_dead or saturated):
@@ -449,9 +458,11 @@ def _not_converged(run: ShortRun) -> Finding | None:
 
 
 @check("overfitting", "underfitting", "not-converged", order=75,
-       requires=("short_run",))
+       requires=("short_run", "input_dependence"), min_steps=CURVES_MIN_STEPS,
+       unless=skip_if_input_ignored)
 def fit_curves(probes: Probes) -> list[Finding]:
-    """The short run's train / validation curves."""
+    """The short run's train / validation curves (of a model whose output depends on its
+    input: a constant output's curves are output-ignores-input's consequence)."""
     run = probes.get("short_run")
     if run.nonfinite or run.epochs < MIN_EPOCHS or _diverged(run):
         return []  # a diverged run says nothing about fitting: the LR findings cover it
@@ -460,9 +471,12 @@ def fit_curves(probes: Probes) -> list[Finding]:
             if f]
 
 
-@check("prediction-collapse", order=76, requires=("short_run",))
+@check("prediction-collapse", order=76, requires=("short_run", "input_dependence"),
+       min_steps=COLLAPSE_MIN_STEPS, unless=skip_if_input_ignored)
 def prediction_collapse(probes: Probes) -> list[Finding]:
-    """One class takes (almost) all validation predictions of the short-run model."""
+    """One class takes (almost) all validation predictions of the short-run model (trained
+    COLLAPSE_MIN_STEPS steps at least; a model that ignores its input predicts one class by
+    construction: output-ignores-input says so)."""
     run = probes.get("short_run")
     counts, true = run.val_pred_counts, run.val_counts
     if not counts or run.epochs < 1 or _diverged(run):

@@ -37,6 +37,7 @@ from torch import nn
 
 from clipdoctor.config import RunConfig
 from clipdoctor.data.sources import SourceIndex
+from clipdoctor.data.user import UserData
 from clipdoctor.doctor.probes.results import read_result
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,31 @@ def default_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, y)
 
 
+# The wall clock stops a probe at SAFETY x its plan, a diagnosis at SAFETY x its budget: a
+# plan is within ~2x of an idle reference machine (`cost.py`), a machine whose cores are all
+# taken by another process runs 2x slower again, and neither may change a verdict.
+SAFETY = 5.0
+
+
 class Budget:
-    """Wall-clock budget shared by all probes. Probes shrink (fewer clips, fewer steps)
-    rather than overrun: `scale()` sizes them to the budget, `allowance()` is what a probe
-    with a share may spend."""
+    """The time budget shared by all probes, as a plan: probes shrink (fewer clips, fewer
+    steps) rather than overrun. `scale()` sizes counts to the budget, `allowance()` is what a
+    probe with a share may spend, in the counted seconds of `cost.py` (never the clock: a busy
+    machine gets the same plan, hence the same verdicts, only later).
+
+    What a probe with a share leaves unspent (it was skipped, failed, or needed less; it says
+    so with `charge()`) goes to the probes with a share still to run, in proportion to their
+    shares, so the budget is spent before a probe is skipped for lack of it. The wall clock
+    only guards against a plan far off: `remaining()` (used for probes' minimum times and as
+    their safety deadlines) allows SAFETY x the budget."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = float(seconds)
         self.started = time.perf_counter()
         self.share_scale = 1.0  # set by plan(): every declared share times this
+        self.pending = {name for name, spec in PROBES.items() if spec.share}  # not run yet
+        self.granted: dict[str, float] = {}  # allowance given to each probe that asked
+        self.charged: dict[str, float] = {}  # what each finished probe spent of it
 
     def plan(self, needed: Iterable[str]) -> None:
         """Give the shares of the probes outside `needed` to the needed ones, in proportion:
@@ -78,20 +95,44 @@ class Budget:
         shares = {name: spec.share for name, spec in PROBES.items() if spec.share}
         used = sum(v for name, v in shares.items() if name in needed)
         self.share_scale = sum(shares.values()) / used if used else 1.0
+        self.pending = {name for name in shares if name in needed}
 
     def share(self, name: str) -> float:
         """The planned share of the whole budget for probe `name`."""
         return PROBES[name].share * self.share_scale
 
+    def pool(self) -> float:
+        """Seconds of the whole budget for the probes with a share."""
+        return sum(spec.share for spec in PROBES.values()) * self.seconds
+
     def allowance(self, name: str) -> float:
-        """Seconds probe `name` may spend: its planned share, never more than is left."""
-        return max(0.0, min(self.share(name) * self.seconds, self.remaining()))
+        """Seconds probe `name` may spend: of the pool not yet committed (granted to running
+        probes, spent by finished ones), its part by shares among the probes still to run.
+        With nothing left unspent that is its planned share. Fixed at the first ask."""
+        if name not in self.granted:
+            committed = sum(self.charged.get(n, g) for n, g in self.granted.items())
+            waiting = {n for n in self.pending if n not in self.granted} | {name}
+            weight = sum(self.share(n) for n in waiting)
+            self.granted[name] = max(0.0, self.pool() - committed) * self.share(name) / weight
+        return self.granted[name]
+
+    def charge(self, name: str, seconds: float) -> None:
+        """Probe `name` spent `seconds` (counted) of its allowance."""
+        self.charged[name] = max(0.0, float(seconds))
+
+    def finished(self, name: str, measured: bool) -> None:
+        """Probe `name` is done: one that took no measurement spent nothing, one that did and
+        charged nothing spent its whole allowance."""
+        self.pending.discard(name)
+        if name in self.granted and name not in self.charged:
+            self.charged[name] = self.granted[name] if measured else 0.0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def remaining(self) -> float:
-        return max(0.0, self.seconds - self.elapsed())
+        """Wall-clock seconds left before the safety stop (SAFETY x the budget)."""
+        return max(0.0, SAFETY * self.seconds - self.elapsed())
 
     def scale(self, full: int, minimum: int = 1) -> int:
         """`full` at a 120 s budget, proportionally less for a smaller one, never below `minimum`."""
@@ -105,18 +146,22 @@ class Context:
     `make_model` returns a new, freshly initialised model each call (the built-in
     ClipClassifier from `config.model`, or a deep copy of the user's module with its initial
     weights). `user_model` tells probes that the model's structure is unknown to clipdoctor.
+    `make_optimizer(model)` builds the run's (or the user's) optimizer on such a fresh model,
+    holding what the user trains (`doctor/optimizers.py`); given a list of parameters instead,
+    the same class and hyper-parameters on those.
     """
 
     config: RunConfig
     make_model: Callable[[], nn.Module]
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
-    data: Any = None  # SourceIndex
+    data: Any = None  # SourceIndex, or UserData (the user's own Datasets)
     user_model: bool = False
     budget: Budget = field(default_factory=lambda: Budget(120))
     seed: int = 0
     cache: dict = field(default_factory=dict)  # shared scratch between probes (e.g. a data module)
     run: Path | None = None  # a run folder (`diagnose --run`): what its training recorded
+    augment: Callable | None = None  # the user's own clip augmentation (`diagnose(augment=)`)
 
 
 @dataclass(frozen=True)
@@ -163,6 +208,9 @@ class Probes:
         self.ctx = ctx
         self.values: dict[str, Any] = {k: read_result(k, v) for k, v in (values or {}).items()}
         self.skipped: dict[str, str] = {}
+        # probes that raised (not ProbeSkipped): name -> "Type: message (at file:line)"; they
+        # are in `skipped` too, with a reason pointing here (the report's `failures`)
+        self.failed: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
         self._allowed: frozenset[str] | None = None  # set on views made by only()
         self._root = self
@@ -192,20 +240,41 @@ class Probes:
             self.skipped[name] = f"'{name}' was not measured"
             return
         spec = PROBES[name]
-        if self.ctx.budget.remaining() < spec.min_s:
-            self.skipped[name] = (f"time budget spent ({self.ctx.budget.seconds:.0f} s); "
-                                  f"'{name}' needs about {spec.min_s:.0f} s more (raise --budget)")
+        budget = self.ctx.budget
+        if budget.seconds < spec.min_s or budget.remaining() < spec.min_s:
+            self.skipped[name] = (
+                f"time budget {budget.seconds:g} s is below the {spec.min_s:g} s '{name}' "
+                "needs at least (raise --budget)" if budget.seconds < spec.min_s else
+                f"the diagnosis ran {SAFETY:g}x over its time budget ({budget.seconds:g} s) "
+                f"on this machine; '{name}' needs about {spec.min_s:g} s more (raise --budget)")
+            budget.finished(name, measured=False)
             return
         started = time.perf_counter()
         try:
             self.values[name] = spec.fn(self.ctx, self._root.only(spec.needs))
         except ProbeSkipped as e:
             self.skipped[name] = str(e)
-        except Exception as e:  # a broken probe must not sink the report
+        except Exception as e:  # a broken probe (or user model) must not sink the report
             log.debug("probe %s failed", name, exc_info=True)
-            self.skipped[name] = f"probe '{name}' failed: {type(e).__name__}: {e}"
+            self.failed[name] = failure_text(e)
+            self.skipped[name] = (f"probe '{name}' failed (see failures): "
+                                  f"{type(e).__name__}: {str(e)[:200]}")
         finally:
             self.seconds[name] = round(time.perf_counter() - started, 3)
+            self.ctx.budget.finished(name, measured=name in self.values)
+
+
+def failure_text(e: BaseException) -> str:
+    """An exception as the report lists it: type, message, and the innermost frame it was
+    raised in (often inside the user's model)."""
+    import traceback
+
+    text = f"{type(e).__name__}: {e}"
+    frames = traceback.extract_tb(e.__traceback__)
+    if frames:
+        f = frames[-1]
+        text += f" (at {Path(f.filename).name}:{f.lineno} in {f.name})"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,13 +290,37 @@ def _is_index(data: Any) -> bool:
     return isinstance(data, SourceIndex)
 
 
+def is_user_data(data: Any) -> bool:
+    """True for the user's own Datasets (UserData): no files, no clipdoctor pipeline."""
+    return isinstance(data, UserData)
+
+
 def _need_index(ctx: Context) -> SourceIndex:
     """The data as a clipdoctor SourceIndex; a user's own Dataset has no files to scan."""
     data = need_data(ctx)
+    if is_user_data(data):
+        raise ProbeSkipped("the data is your own Dataset: this measurement needs clipdoctor's "
+                           "file pipeline (decoding, frame sampling), which it does not go "
+                           "through")
     if not _is_index(data):
         raise ProbeSkipped(f"data is a {type(data).__name__}, not a clipdoctor dataset: files, "
                            "splits and the data pipeline are unknown")
     return data
+
+
+def samples(ctx: Context) -> list:
+    """Every usable sample of the diagnosed data, each with `split`, `label` and `name`: the
+    readable clips of clipdoctor's data module, or the items of the user's own Datasets."""
+    data = need_data(ctx)
+    if is_user_data(data):
+        return data.samples
+    return datamodule(ctx).samples
+
+
+def data_classes(ctx: Context) -> list[str]:
+    """The class names of the diagnosed data."""
+    data = need_data(ctx)
+    return list(data.classes) if is_user_data(data) else list(datamodule(ctx).classes)
 
 
 def datamodule(ctx: Context):
@@ -238,7 +331,7 @@ def datamodule(ctx: Context):
     if "dm" not in ctx.cache:
         from clipdoctor.data.datamodule import ClipDataModule
 
-        data = need_data(ctx)
+        data = _need_index(ctx)  # a user's own Dataset has no data module
         mean = std = None
         if not ctx.user_model:
             try:
@@ -283,7 +376,14 @@ def pick(samples: list, n: int, seed: int = 0, *, stratify: bool = True) -> list
 
 def clip_batch(ctx: Context, samples: list, *, train: bool = False, seed: int = 0
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clips (N, T, C, H, W) float, labels (N,)) through the real data pipeline."""
+    """(clips (N, T, C, H, W) float, labels (N,)) through the real data pipeline; for the
+    user's own Datasets, their items collated as they are (the user's layout and dtype, padded
+    by their collate), with `train` their `augment=` applied when given."""
+    data = need_data(ctx)
+    if is_user_data(data):  # the user's items, collated as their DataLoader would
+        x, y, *_ = data.with_augment(ctx.augment or data.augment).batch(
+            samples, augment=train, seed=seed)
+        return x, y
     dm = datamodule(ctx)
     ds = dm.dataset("train", train=train, samples=samples, num_clips=1, seed=seed)
     items = [ds[i] for i in range(len(ds))]

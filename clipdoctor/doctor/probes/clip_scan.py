@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from clipdoctor.data.sources import Sample
-from clipdoctor.doctor.probes import Context, Probes, _need_index, datamodule, pick, probe
+from clipdoctor.doctor.probes import (SAFETY, Context, Probes, _need_index, datamodule, is_user_data,
+                                        need_data, pick, probe)
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +142,26 @@ def _scan_summary(clips: list[dict]) -> dict:
             "clips_with_detours": sum(c["detours"] > 0 for c in clips)}
 
 
+def _deadline(ctx: Context) -> float:
+    """The wall-clock guard of a scan: its count (`Budget.scale`) is the plan; the clock stops
+    only a scan SAFETY x over its share of the budget."""
+    return time.perf_counter() + SAFETY * max(1.0, SCAN_SHARE * ctx.budget.seconds)
+
+
 @probe("clip_scan", min_s=2.0)  # ~3 ms a cached clip: 0.65 s for 320, 5.5 s for 1000 at 128 px
 def clip_scan(ctx: Context, probes: Probes) -> dict:
     """Per-clip file facts and pixel statistics of (up to a budget) all readable clips.
 
     Reads the decoded-frame cache the data module filled (no decoding when it exists), frames
-    box-averaged down to about SCAN_SIDE px."""
+    box-averaged down to about SCAN_SIDE px. For the user's own Datasets: their clips as
+    yielded, every frame (they are what the model sees), on a 0..255 scale (`_pixel_scale`)."""
+    if is_user_data(need_data(ctx)):
+        return _scan_user(ctx)
     _need_index(ctx)
     dm = datamodule(ctx)
     limit = ctx.budget.scale(3000, minimum=50)  # ~3 ms per cached clip: 3000 clips ~ 9 s
     samples = pick(dm.samples, limit, ctx.seed)
-    deadline = time.perf_counter() + max(1.0, min(SCAN_SHARE * ctx.budget.seconds,
-                                                  0.5 * ctx.budget.remaining()))
+    deadline = _deadline(ctx)
     clips, thumbs, failed = [], [], []
     from clipdoctor.errors import DecodeError
 
@@ -179,3 +188,126 @@ def clip_scan(ctx: Context, probes: Probes) -> dict:
         "_clips": clips,
         "_thumbs": np.stack(thumbs) if thumbs else np.zeros((0, 0), np.float32),  # (N, L)
     }
+
+
+# =============================================================================================
+# the user's own Datasets: the same measurements from the clips their items hold
+
+THUMB_FRAMES = 8  # frames (evenly spaced) in a user clip's thumbnail: clips of any length compare
+
+
+def _pixel_scale(sample_frames: list[np.ndarray]) -> tuple[float, float, str]:
+    """(offset, factor, how) mapping the user's clip values onto 0..255, where the thresholds
+    of the scan live: uint8 and raw 0..255 floats as they are, 0..1 floats times 255, anything
+    else (normalised clips) the 0.5th..99.5th percentile range of a few clips onto 0..255. One
+    map for the whole dataset, so clips keep their differences."""
+    v = np.concatenate([f.ravel()[:: max(1, f.size // 200_000)] for f in sample_frames])
+    lo, hi = (float(q) for q in np.percentile(v, [0.5, 99.5]))
+    vmin, vmax = float(v.min()), float(v.max())
+    if vmin >= 0 and vmax <= 255 and vmax > 1.5:
+        return 0.0, 1.0, "0..255 as given"
+    if vmin >= 0 and vmax <= 1.0:
+        return 0.0, 255.0, "0..1 x 255"
+    if hi - lo < 1e-9:
+        return lo, 1.0, "constant"
+    return lo, 255.0 / (hi - lo), f"{lo:.3g}..{hi:.3g} (0.5-99.5th percentile) onto 0..255"
+
+
+def _shrink_float(f: np.ndarray) -> np.ndarray:
+    """(K, H, W, C) float32 -> block means with sides about SCAN_SIDE (as `_shrink` does)."""
+    import torch
+    import torch.nn.functional as F
+
+    b = max(1, min(f.shape[1:3]) // SCAN_SIDE)
+    if b == 1:
+        return f
+    x = torch.from_numpy(np.ascontiguousarray(f)).permute(0, 3, 1, 2)  # (K, H, W, C) -> (K, C, H, W)
+    return F.avg_pool2d(x, b).permute(0, 2, 3, 1).numpy()  # (K, C, h, w) -> (K, h, w, C)
+
+
+def _thumbnail_any(f: np.ndarray) -> np.ndarray:
+    """`_thumbnail` for clips of any length, size and channels: THUMB_FRAMES evenly spaced
+    frames, THUMB x THUMB adaptive block means, grey repeated to 3 channels; unit length."""
+    import torch
+    import torch.nn.functional as F
+
+    idx = np.linspace(0, len(f) - 1, THUMB_FRAMES).round().astype(int)
+    x = torch.from_numpy(np.ascontiguousarray(f[idx])).permute(0, 3, 1, 2)  # (8, C, H, W)
+    x = F.adaptive_avg_pool2d(x, THUMB)  # (8, C, H, W) -> (8, C, 8, 8)
+    if x.shape[1] != 3:
+        x = x[:, :1].repeat(1, 3, 1, 1)
+    t = x.numpy().ravel().astype(np.float64)
+    t = t - t.mean()
+    return (t / max(float(np.linalg.norm(t)), 1e-6)).astype(np.float32)
+
+
+def _scan_frames(name: str, split: str, label: int, f: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The per-clip values of `_scan_one` for frames (K, H, W, C) float on 0..255, all of
+    which the model sees."""
+    small = _shrink_float(f)
+    d1, d2 = _steps(small, 1), _steps(small, 2)
+    motion, peak = 0.0, 0.0
+    if len(small) > 1:
+        change = np.abs(small[1:] - small[:-1]).reshape(len(small) - 1, -1)
+        motion = float(change.mean())
+        peak = float(np.percentile(change, MOTION_PERCENTILE, axis=1).mean())
+    detours, judged = _detours(d1, d2)
+    return {
+        "name": name, "split": split, "label": label,
+        "frames": int(len(f)), "width": int(f.shape[2]), "height": int(f.shape[1]),
+        "fps": None, "channels": int(f.shape[3]), "kept": int(len(f)),
+        "frame_mean": [round(float(v), 2) for v in small.mean(axis=(1, 2, 3))],
+        "frame_std": [round(float(v), 2) for v in small.std(axis=(1, 2, 3))],
+        "motion": round(motion, 4), "motion_peak": round(peak, 4),
+        "d1": round(float(d1.mean()), 4) if len(d1) else None,
+        "d2": round(float(d2.mean()), 4) if len(d2) else None,
+        "detours": detours, "judged": judged, "coverage": 1.0, "sampled_gap_s": None,
+    }, _thumbnail_any(f)
+
+
+def _scan_user(ctx: Context) -> dict:
+    """`clip_scan` over the user's own Datasets (UserData): every frame of each clip as the
+    Dataset yields it (the first `length` frames when items carry one)."""
+    from clipdoctor.data.user import clip_frames
+
+    data = ctx.data
+    samples = pick(data.samples, ctx.budget.scale(3000, minimum=50), ctx.seed)
+    deadline = _deadline(ctx)
+    def read(s: Any) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return clip_frames(*_clip_of(data, s)), None
+        except Exception as e:  # noqa: BLE001 — an item the Dataset cannot give as a clip
+            return None, f"{type(e).__name__}: {str(e)[:120]}"
+
+    first = [read(s) for s in samples[:16]]
+    offset, factor, how = _pixel_scale([f for f, _ in first if f is not None]
+                                       or [np.zeros(1, np.float32)])
+    clips, thumbs, failed = [], [], []
+    for i, s in enumerate(samples):
+        if i >= 20 and time.perf_counter() > deadline:
+            log.info("clip_scan: budget reached after %d of %d clips", i, len(samples))
+            break
+        f, error = first[i] if i < len(first) else read(s)
+        if f is None:
+            failed.append({"path": s.name, "reason": error})
+            continue
+        clip, thumb = _scan_frames(s.name, s.split, s.label, (f - offset) * factor)
+        clips.append(clip)
+        thumbs.append(thumb)
+    frames = [c["frames"] for c in clips]
+    return {
+        "clips": len(clips), "readable": len(data.samples), "failed": failed,
+        "summary": _scan_summary(clips),
+        "sampling": {"sampler": "your Dataset", "frames": max(frames) if frames else 0,
+                     "layout": str(data.layout), "pixel_scale": how, "cached": False},
+        "definitions": {"flat_std": FLAT_STD, "detour_ratio": DETOUR_RATIO,
+                        "detour_min_step": DETOUR_MIN_STEP, "scan_side": SCAN_SIDE},
+        "_clips": clips,
+        "_thumbs": np.stack(thumbs) if thumbs else np.zeros((0, 0), np.float32),  # (N, L)
+    }
+
+
+def _clip_of(data: Any, sample: Any) -> tuple:
+    """(clip, layout, length) of one user sample, for `clip_frames`."""
+    clip, length = data.clip(sample)
+    return clip, data.layout, length

@@ -27,7 +27,7 @@ from torch import nn
 from clipdoctor.data.sources import SPLITS
 from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, _is_index, _need_index,
                                         base_model, clip_batch, datamodule, default_loss,
-                                        need_data, pick, probe)
+                                        is_user_data, need_data, pick, probe)
 from clipdoctor.doctor.probes.clip_scan import SCAN_SIDE
 
 
@@ -64,11 +64,13 @@ def loss_weighting(ctx: Context) -> tuple[str, str, str]:
 
 
 def _capacity(ctx: Context) -> dict:
-    """Trainable / total parameters of the model as it trains (frozen parts excluded)."""
-    model = base_model(ctx)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    out = {"total_params": int(total), "trainable_params": int(trainable)}
+    """Trainable / total parameters of the model as it trains (frozen parts excluded: measured
+    by `trained_parameters`, which also counts parts under no_grad or left out of the
+    optimizer)."""
+    from clipdoctor.doctor.probes.model import trained_parameters
+
+    trained = trained_parameters(ctx)
+    out = {"total_params": int(trained.total), "trainable_params": int(trained.trainable)}
     if not ctx.user_model:
         m = ctx.config.model
         out.update(head=m.head, backbone=m.backbone, frozen_backbone=m.freeze_backbone,
@@ -79,7 +81,10 @@ def _capacity(ctx: Context) -> dict:
 @probe("dataset", min_s=1.0)
 def dataset_summary(ctx: Context, probes: Probes) -> dict:
     """Classes, clips per split and class (readable clips only), unreadable files, how the
-    loss weights classes, and the model's trainable parameters."""
+    loss weights classes, and the model's trainable parameters. For the user's own Datasets:
+    their items, the clip layout detected, and how val was made when it was not given."""
+    if is_user_data(need_data(ctx)):
+        return _user_dataset_summary(ctx)
     data = _need_index(ctx)
     dm = datamodule(ctx)
     per_split = {s: Counter(x.label for x in dm.samples if x.split == s) for s in SPLITS}
@@ -91,6 +96,26 @@ def dataset_summary(ctx: Context, probes: Probes) -> dict:
         "counts": {s: [per_split[s].get(i, 0) for i in range(len(data.classes))] for s in SPLITS},
         "listed": len(data.samples) + len(data.skipped),
         "skipped": [{"path": s.path, "reason": s.reason} for s in dm.skipped],
+        "class_weighting": weighting,
+        "weighting_source": source,
+        "loss": loss,
+        "user_model": ctx.user_model,
+        **_capacity(ctx),
+    }
+
+
+def _user_dataset_summary(ctx: Context) -> dict:
+    """The `dataset` probe's value for the user's own Datasets (UserData)."""
+    data = ctx.data
+    per_split = {s: Counter(x.label for x in data.samples if x.split == s) for s in SPLITS}
+    weighting, source, loss = loss_weighting(ctx)
+    return {
+        **data.describe(),  # format, layout ("(T, C, H, W) float32"), collate, notes, ...
+        "root": None,
+        "classes": list(data.classes),
+        "counts": {s: [per_split[s].get(i, 0) for i in range(len(data.classes))] for s in SPLITS},
+        "listed": len(data.samples),
+        "skipped": [],
         "class_weighting": weighting,
         "weighting_source": source,
         "loss": loss,
@@ -127,23 +152,37 @@ def clip_shapes(ctx: Context, probes: Probes) -> dict:
                 "sizes": dict(sizes.most_common(10)), "distinct_sizes": len(sizes),
                 "channels": sorted({c["channels"] for c in clips if c["channels"] is not None}),
                 "frames_sampled": probes.get("clip_scan")["sampling"]["frames"]}
-    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+    if not is_user_data(data):
         raise ProbeSkipped(f"data is a {type(data).__name__}: neither a clipdoctor dataset nor "
                            "a torch Dataset")
-    n = min(len(data), ctx.budget.scale(64, minimum=8))
-    idx = np.random.default_rng(ctx.seed).choice(len(data), n, replace=False) if n < len(data) \
-        else np.arange(len(data))
-    shapes = [_item_shape(data[int(i)]) for i in idx]
+    chosen = pick(data.samples, ctx.budget.scale(64, minimum=8), ctx.seed, stratify=False)
+    shapes = [_item_shape(data.item(s)) for s in chosen]
     dims = [s for s, _ in shapes]
     ndims = {len(s) for s in dims}
-    out = {"source": "dataset", "handled": False, "clips": len(dims),
+    out = {"source": "dataset", "handled": False, "clips": len(dims), "layout": str(data.layout),
            "shapes": dict(Counter("x".join(map(str, s)) for s in dims).most_common(10)),
            "with_length": all(h for _, h in shapes), "ndim": sorted(ndims)}
-    if ndims == {4}:  # (T, C, H, W)
-        out.update(frames=_range([s[0] for s in dims]), channels=sorted({s[1] for s in dims}),
-                   sizes=dict(Counter(f"{s[3]}x{s[2]}" for s in dims).most_common(10)),
-                   distinct_sizes=len({s[2:] for s in dims}))
+    if ndims == {4}:  # (T, C, H, W) or (T, H, W, C), as detected
+        c, (h, w) = data.layout.channel_axis, ((2, 3) if data.layout.order == "TCHW" else (1, 2))
+        out.update(frames=_range([s[0] for s in dims]), channels=sorted({s[c] for s in dims}),
+                   sizes=dict(Counter(f"{s[w]}x{s[h]}" for s in dims).most_common(10)),
+                   distinct_sizes=len({(s[h], s[w]) for s in dims}))
+        out["collated"] = _collates(data, chosen, dims)
     return out
+
+
+def _collates(data: Any, chosen: list, dims: list[tuple]) -> bool | None:
+    """Whether the data's collate batches two clips of different shapes (a padding or
+    resizing collate handles them); None when every shape is the same."""
+    first = dims[0]
+    other = next((i for i, s in enumerate(dims) if s != first), None)
+    if other is None:
+        return None
+    try:
+        data.batch([chosen[0], chosen[other]])
+    except Exception:  # noqa: BLE001 — torch.stack of unequal sizes: not handled
+        return False
+    return True
 
 
 # =============================================================================================
@@ -152,7 +191,11 @@ def clip_shapes(ctx: Context, probes: Probes) -> dict:
 @probe("input_stats", min_s=1.0)  # 0.1-0.6 s measured (32 clips, 64-112 px)
 def input_stats(ctx: Context, probes: Probes) -> dict:
     """Per-channel statistics of model inputs (evaluation transform) next to the
-    normalisation the pipeline applies and the one the backbone's weights expect."""
+    normalisation the pipeline applies and the one the backbone's weights expect. For the
+    user's own Datasets: what their items give the model and, for the user's model, what
+    reaches its first layer with weights (see `_user_input_stats`)."""
+    if is_user_data(need_data(ctx)):
+        return _user_input_stats(ctx)
     _need_index(ctx)
     dm = datamodule(ctx)
     train = [s for s in dm.samples if s.split == "train"] or dm.samples
@@ -184,7 +227,14 @@ def augmentation(ctx: Context, probes: Probes) -> dict:
     """A clip of one frame repeated T times through the training transform must come out as
     T identical frames; `jitter` is the mean abs difference of each output frame from the
     first (normalised units). `motion` is the same step measure between consecutive frames
-    of real clips after the evaluation transform: the signal the jitter competes with."""
+    of real clips after the evaluation transform: the signal the jitter competes with. With
+    the user's own `augment=` (a callable on one clip), that callable is tested instead, on
+    the user's clips (`_user_augmentation`)."""
+    if ctx.augment is not None:
+        return _user_augmentation(ctx)
+    if is_user_data(need_data(ctx)):
+        raise ProbeSkipped("your Dataset augments inside __getitem__, where clipdoctor cannot "
+                           "isolate it: pass the clip augmentation as augment=fn to test it")
     _need_index(ctx)
     dm = datamodule(ctx)
     train = [s for s in dm.samples if s.split == "train"] or dm.samples
@@ -205,3 +255,152 @@ def augmentation(ctx: Context, probes: Probes) -> dict:
     return {"clips": len(chosen), "jitter": round(float(np.mean(jitter)), 6),
             "jitter_max": round(float(np.max(jitter)), 6), "motion": round(motion, 6),
             "per_frame_setting": bool(dm.config.augment.per_frame)}
+
+
+# =============================================================================================
+# the user's own Datasets: input statistics and their augment= callable
+
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+               nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+
+
+def _stats(x: torch.Tensor, channel_dim: int | None) -> dict:
+    """mean / std per channel (one value for all when `channel_dim` is None), min, max and
+    the 1st / 99th percentiles of a float tensor."""
+    x = x.detach().float()
+    flat = x.movedim(channel_dim, 0).flatten(1) if channel_dim is not None else x.reshape(1, -1)
+    q = torch.quantile(x.flatten()[:: max(1, x.numel() // 1_000_000)], torch.tensor([0.01, 0.99]))
+    return {"mean": [round(float(v), 4) for v in flat.mean(dim=1)],
+            "std": [round(float(v), 4) for v in flat.std(dim=1)],
+            "min": round(float(x.min()), 4), "max": round(float(x.max()), 4),
+            "p01": round(float(q[0]), 4), "p99": round(float(q[1]), 4)}
+
+
+@torch.no_grad()
+def _first_layer_input(ctx: Context, x: torch.Tensor) -> dict | None:
+    """What the user's model hands its first module with weights (a fresh copy, eval mode, two
+    clips): that module's name and type, whether it normalises its input itself (BatchNorm,
+    LayerNorm, ...), and the statistics of its input. None when the model does not run."""
+    model = ctx.make_model()
+    model.eval()
+    seen: dict = {}
+
+    def hook(name: str):
+        def pre(module: nn.Module, args: tuple) -> None:
+            if not seen and args and isinstance(args[0], torch.Tensor) \
+                    and args[0].is_floating_point():
+                seen.update(name=name, module=module, input=args[0].detach().clone())
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
+               if any(True for _ in m.parameters(recurse=False))]
+    try:
+        model(x[:2])
+    except Exception as e:  # noqa: BLE001 — the model's own probes report it
+        return {"error": f"{type(e).__name__}: {str(e)[:160]}"} if not seen else _described(seen)
+    finally:
+        for h in handles:
+            h.remove()
+    return _described(seen) if seen else None
+
+
+def _described(seen: dict) -> dict:
+    m, inp = seen["module"], seen["input"]
+    conv = isinstance(m, nn.modules.conv._ConvNd)
+    return {"name": seen["name"], "type": type(m).__name__,
+            "normalises": isinstance(m, NORM_LAYERS), "shape": list(inp.shape[1:]),
+            **_stats(inp, 1 if conv and inp.dim() > 2 else None)}
+
+
+def _user_input_stats(ctx: Context) -> dict:
+    """Model inputs of the user's own Datasets, as collated (their layout and dtype), per
+    channel; for the user's model also the input of its first layer with weights, which is
+    what the statistics are judged on (a model may scale or normalise inside `forward`). A
+    first layer that normalises its input (BatchNorm, ...) accepts any scale."""
+    data = ctx.data
+    train = data.split("train") or data.samples
+    clips, _ = clip_batch(ctx, pick(train, ctx.budget.scale(32, minimum=8), ctx.seed))
+    raw = _stats(clips, 2 if data.layout.order == "TCHW" else 4)  # (N, T, C, H, W) | (N, T, H, W, C)
+    expected, first = None, None
+    if not ctx.user_model:
+        info = getattr(base_model(ctx), "info", None)
+        if info is not None:
+            expected = {"mean": list(info.mean), "std": list(info.std), "backbone": info.name}
+    else:
+        first = _first_layer_input(ctx, clips)
+    judged, on = raw, "the model input"
+    if first is not None and "error" not in first:
+        where = f"the input of the model's first layer with weights, '{first['name']}' " \
+                f"({first['type']})"
+        if not first["normalises"]:
+            judged, on = {k: first[k] for k in ("mean", "std", "min", "max", "p01", "p99")}, where
+    return {"clips": int(clips.shape[0]), "shape": list(clips.shape[1:]),
+            "layout": str(data.layout), "dtype": str(clips.dtype).replace("torch.", ""),
+            **judged, "judged_on": on, "raw": raw, "first_layer": first,
+            "self_normalising": bool(first and first.get("normalises")),
+            "applied": None, "expected": expected}
+
+
+def _frames_of(out: Any) -> np.ndarray:
+    """A clip (tensor or array, frames first) as float64 numpy."""
+    if isinstance(out, torch.Tensor):
+        return out.detach().cpu().double().numpy()
+    return np.asarray(out, np.float64)
+
+
+def _still(clip: Any, t: int) -> Any:
+    """The clip's middle frame repeated t times, in the clip's own type, layout and dtype."""
+    mid = clip[t // 2:t // 2 + 1]
+    if isinstance(clip, torch.Tensor):
+        return mid.repeat(t, *([1] * (clip.dim() - 1)))
+    return np.repeat(np.asarray(mid), t, axis=0)
+
+
+def _step(frames: np.ndarray) -> float:
+    """Mean abs change between consecutive frames, in units of the clip's pixel std."""
+    if len(frames) < 2:
+        return 0.0
+    return float(np.abs(frames[1:] - frames[:-1]).mean() / max(frames.std(), 1e-12))
+
+
+def _user_augmentation(ctx: Context) -> dict:
+    """The user's `augment=` callable on a clip of one frame repeated T times (the clip as
+    their Dataset yields it, or clipdoctor's pipeline clip for file data): `jitter` is the
+    mean abs difference of each output frame from the first, `motion` the mean step between
+    consecutive frames of the real clips; both in units of the clip's pixel std."""
+    from clipdoctor.data.user import seeded_call
+
+    fn, data = ctx.augment, need_data(ctx)
+    if is_user_data(data):
+        train = data.split("train") or data.samples
+        chosen = pick(train, ctx.budget.scale(4, minimum=2), ctx.seed)
+        clips = [data.clip(s) for s in chosen]  # (clip as yielded, length or None)
+    else:
+        dm = datamodule(ctx)
+        train = [s for s in dm.samples if s.split == "train"] or dm.samples
+        chosen = pick(train, ctx.budget.scale(4, minimum=2), ctx.seed)
+        batch, _ = clip_batch(ctx, chosen, train=False)  # (N, T, C, H, W)
+        clips = [(c, None) for c in batch]
+    jitter, motion = [], []
+    for k, (clip, length) in enumerate(clips):
+        t = int(length or clip.shape[0])
+        if t < 2:
+            continue
+        clip = clip[:t]
+        try:
+            out = _frames_of(seeded_call(fn, _still(clip, t), ctx.seed * 1000 + k))
+        except Exception as e:  # noqa: BLE001 — a callable that cannot take one clip
+            raise ProbeSkipped(f"augment= raised on one clip of shape {tuple(clip.shape)}: "
+                               f"{type(e).__name__}: {str(e)[:160]}") from e
+        if out.ndim < 2 or len(out) < 2:
+            raise ProbeSkipped(f"augment= returned shape {out.shape}; it must return the clip "
+                               "with its frames first")
+        jitter.append(float(np.abs(out[1:] - out[:1]).mean() / max(out.std(), 1e-12)))
+        motion.append(_step(_frames_of(clip)))
+    if not jitter:
+        raise ProbeSkipped("no clip of 2+ frames to test augment= on")
+    return {"clips": len(jitter), "jitter": round(float(np.mean(jitter)), 6),
+            "jitter_max": round(float(np.max(jitter)), 6),
+            "motion": round(float(np.mean(motion)), 6), "per_frame_setting": None,
+            "source": f"augment={getattr(fn, '__name__', type(fn).__name__)}",
+            "units": "pixel std of the clip"}

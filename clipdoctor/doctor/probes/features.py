@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipdoctor.data.sources import SPLITS, Sample
-from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, _need_index, base_model,
-                                        clip_batch, datamodule, pick, probe)
+from clipdoctor.doctor.probes import (SAFETY, Context, Probes, ProbeSkipped, _need_index,
+                                        base_model, clip_batch, is_user_data, need_data, pick,
+                                        probe, samples)
+from clipdoctor.doctor.probes.cost import forward_flops, nominal_forward_s
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,11 @@ def _backbone(ctx: Context) -> nn.Module:
     return backbone
 
 
-def _split_quota(dm: Any, total: int, seed: int) -> list[Sample]:
+def _split_quota(every: list[Sample], total: int, seed: int) -> list[Sample]:
     """Up to `total` clips: every split gets its share of the readable clips (at least a few
     of each when it has them), stratified by class inside a split, in a seeded random order
     so that a run cut short by the budget still holds every split and class."""
-    by_split = {s: [x for x in dm.samples if x.split == s] for s in SPLITS}
+    by_split = {s: [x for x in every if x.split == s] for s in SPLITS}
     n_all = max(1, sum(len(v) for v in by_split.values()))
     out: list[Sample] = []
     for split, items in by_split.items():
@@ -73,30 +75,40 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
     """Per-frame pooled features of up to a budget of clips per split, from the frozen
     built-in backbone in eval mode, through the real data pipeline (evaluation transform).
 
-    Sized by the clock: batches stop once the next one would take the probe past
-    FEATURE_SHARE of the whole budget (or half of what is left); clips come in a seeded
-    order mixing splits and classes, so a cut run still covers them all."""
-    _need_index(ctx)
+    Sized by the counted cost of the first batch (`cost.py`): as many clips as fit
+    FEATURE_SHARE of the whole budget on the reference machine, whatever else runs here (the
+    wall clock stops it only SAFETY x over); clips come in a seeded order mixing splits and
+    classes, so a cut run still covers them all."""
+    data = need_data(ctx)
+    if not is_user_data(data):
+        _need_index(ctx)
     backbone = _backbone(ctx)
-    dm = datamodule(ctx)
-    samples = _split_quota(dm, ctx.budget.scale(600, minimum=16), ctx.seed)
-    allowed = max(2.0, min(FEATURE_SHARE * ctx.budget.seconds, 0.5 * ctx.budget.remaining()))
+    if is_user_data(data) and (data.layout.order != "TCHW" or "float" not in data.layout.dtype):
+        raise ProbeSkipped(f"your Dataset yields {data.layout} clips; the built-in backbone "
+                           "takes (T, C, H, W) float clips")
+    chosen = _split_quota(samples(ctx), ctx.budget.scale(600, minimum=16), ctx.seed)
+    allowed = max(2.0, FEATURE_SHARE * ctx.budget.seconds)
     was_training = backbone.training
     backbone.eval()
     grids, gaps, used = [], [], []
     started, batch = time.perf_counter(), 8
     try:
-        for i in range(0, len(samples), batch):
-            part = samples[i:i + batch]
+        for i in range(0, len(chosen), batch):
+            part = chosen[i:i + batch]
             clips, _ = clip_batch(ctx, part, train=False)  # (B, T, C, H, W)
-            grid, gap = _features(backbone, clips)
+            if i == 0:
+                first: list = []
+                flops = forward_flops(backbone, lambda: first.append(_features(backbone, clips)))
+                most = max(batch, int(allowed / nominal_forward_s(flops / len(part))))
+                grid, gap = first[0]
+            else:
+                grid, gap = _features(backbone, clips)
             grids.append(grid)
             gaps.append(gap)
             used.extend(part)
-            spent = time.perf_counter() - started
-            if spent + spent / len(used) * batch > allowed:
+            if len(used) >= most or time.perf_counter() - started > SAFETY * allowed:
                 log.info("clip_features: budget reached after %d of %d clips", len(used),
-                         len(samples))
+                         len(chosen))
                 break
     finally:
         backbone.train(was_training)
@@ -166,9 +178,7 @@ def leakage(ctx: Context, probes: Probes) -> dict:
     clip pairs across splits: pixel correlation of the sampled frames' thumbnails (from
     `clip_scan`; decides), and the cosine of frozen clip features (from `clip_features`, when
     they exist; evidence)."""
-    _need_index(ctx)
-    dm = datamodule(ctx)
-    groups, leaked = _group_sides(dm.samples)
+    groups, leaked = _group_sides(samples(ctx))  # no groups in a user's own Dataset
     scan = probes.get("clip_scan")
     clips = scan["_clips"]
     splits = np.asarray([c["split"] for c in clips])

@@ -1,6 +1,11 @@
 """The `grad_stats` probe: per-layer gradient norms, zero ReLU outputs and saturated tanh /
 sigmoid inputs over a few steps at the config's LR on a fresh model (AUTOTRAINER,
-DeepDiagnosis), and the first non-finite value."""
+DeepDiagnosis), and the first non-finite value.
+
+Only what training updates is watched (`trained_parameters`): a frozen part (requires_grad
+False, run under `torch.no_grad()` / `.detach()`ed in forward, or left out of the optimizer)
+has no gradient by design, which is no vanishing gradient, and its units are not the
+training's to kill."""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import Context, Probes, probe
+from clipdoctor.doctor.probes import Context, Probes, ProbeSkipped, probe
+from clipdoctor.doctor.probes.model import frozen_modules, trained_parameters
 from clipdoctor.doctor.probes.results import (Activations, ActivationSteps, GradStats,
                                                 NonFiniteStep)
 from clipdoctor.doctor.probes.training import (SHARE, _batches, _clip_value, _finite,
-                                                 _forward, _fresh_run, _trainable)
+                                                 _forward, _fresh_run)
 
 GRAD_STEPS = 8  # steps of the gradient / activation monitor
 SATURATION_X = 5.0  # DeepDiagnosis: a tanh / sigmoid input with |x| >= 5 is saturated
@@ -25,12 +31,14 @@ class _ActivationMonitor:
     """Forward hooks: share of exactly-zero ReLU outputs (and channels zero everywhere), and
     share of tanh / sigmoid inputs with |x| >= 5 (for RNNs: the input part of the gates)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, skip: set[str] = frozenset()) -> None:
         self.active = False
         self.relu: dict[str, list[float]] = {}  # name -> [zero share, dead channel share, channels]
         self.saturation: dict[str, float] = {}
         self.handles = []
         for name, m in model.named_modules():
+            if name in skip:  # a frozen part's units: not the training's to kill
+                continue
             if isinstance(m, (nn.ReLU, nn.ReLU6)):
                 self.handles.append(m.register_forward_hook(self._relu_hook(name)))
             elif isinstance(m, (nn.Tanh, nn.Sigmoid)):
@@ -94,11 +102,15 @@ class _ActivationMonitor:
             h.remove()
 
 
-def _param_layers(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    """Modules owning trainable parameters directly, in registration order (input first)."""
+def _param_layers(model: nn.Module, trained: frozenset[str] | None = None
+                  ) -> list[tuple[str, list[nn.Parameter]]]:
+    """Modules owning trained parameters directly (names in `trained`; None: those requiring
+    a gradient), in registration order (input first)."""
+    ids = {id(p) for n, p in model.named_parameters()
+           if (n in trained if trained is not None else p.requires_grad)}
     out = []
     for name, m in model.named_modules():
-        ps = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        ps = [p for p in m.parameters(recurse=False) if id(p) in ids]
         if ps:
             out.append((name or type(m).__name__, ps))
     return out
@@ -139,9 +151,13 @@ def grad_stats(ctx: Context, probes: Probes) -> GradStats:
         "gradient statistics need {n}+ steps of {s:.2f} s; only {left:.0f} s are left for them",
         step_cost=1.3)
     x, y, cached, bs = d["_x_train"], d["_y_train"], d["cached"], d["batch_size"]
-    layers = _param_layers(model)
+    trained = trained_parameters(ctx).names
+    layers = _param_layers(model, trained)
+    if not layers:
+        raise ProbeSkipped("no parameter of the model is trained (frozen, no gradient, or not "
+                           "in the optimizer)")
     groups = _groups(layers)
-    monitor = _ActivationMonitor(model)
+    monitor = _ActivationMonitor(model, frozen_modules(model, trained))
     rec: dict[str, list] = {"losses": [], "total_norms": [], "first_norms": [], "last_norms": []}
     group_norms: dict[str, list[float]] = {g: [] for g in groups}
     activations = ActivationSteps()
@@ -170,7 +186,8 @@ def grad_stats(ctx: Context, probes: Probes) -> GradStats:
                 nonfinite = NonFiniteStep(step=step, where=f"gradient of {bad}",
                                           inputs_finite=_finite(xb))
                 break
-            torch.nn.utils.clip_grad_norm_(_trainable(model), _clip_value(ctx) or float("inf"))
+            torch.nn.utils.clip_grad_norm_([p for _, ps in layers for p in ps],
+                                           _clip_value(ctx) or float("inf"))
             opt.step()
     finally:
         monitor.remove()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 from torch import Tensor
 
-from clipdoctor.doctor.probes import Context, Probes, probe
+from clipdoctor.doctor.probes import SAFETY, Context, Probes, probe
 from clipdoctor.doctor.probes.results import LRRange
 from clipdoctor.doctor.probes.training import SHARE, _batches, _fresh_run, _train_step
 
@@ -58,7 +58,7 @@ def lr_range(ctx: Context, probes: Probes) -> LRRange:
     config_lr = base[0]
     lrs = np.geomspace(LR_START, LR_END, steps).tolist()
     beta = LR_BETA ** (LR_STEPS / steps)
-    deadline = time.perf_counter() + 1.5 * allowance  # planned from a step's cost: a margin
+    deadline = time.perf_counter() + SAFETY * allowance  # the plan decides; this is a guard
     batches: list[Tensor] = []
     raw, smooth, avg, best, stopped = [], [], 0.0, math.inf, "end"
     for i, lr in enumerate(lrs):

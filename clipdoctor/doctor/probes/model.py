@@ -3,11 +3,13 @@
 They work on the built-in ClipClassifier and on the user's own `nn.Module`
 ((B, T, C, H, W) float -> (B, classes)); where a measurement needs clipdoctor's structure
 (backbone, pool, head) a user model makes the probe raise ProbeSkipped. Nothing here trains;
-at most one forward pass on noise. The behavioural probes (a batch through the model) are in
-`model_behaviour.py`, the probes of the features the model reads in `model_features.py`; both
-share the helpers below.
+at most one forward pass on noise, and (`trained_parameters`, once per diagnosis) one forward /
+backward of a user model on a few training clips to see which parameters get a gradient. The
+behavioural probes (a batch through the model) are in `model_behaviour.py`, the probes of the
+features the model reads in `model_features.py`; both share the helpers below.
 
-- `model_summary`: parameters, output width, parts (the report's "model" section).
+- `model_summary`: parameters (trained and frozen, measured: `trained_parameters`), output
+  width, parts (the report's "model" section).
 - `structure`: static inspection: RNNs, frozen BatchNorm left in train mode, and (where
   torch.fx can trace the model) a final softmax and `output[:, -1]` reads of bidirectional RNNs.
 - `label_range`: labels vs output width, and whether the loss accepts them.
@@ -21,11 +23,13 @@ import logging
 import math
 import operator
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from clipdoctor.doctor.optimizers import describe
 from clipdoctor.doctor.probes import Context, Probes, ProbeSkipped, base_model, probe
 
 log = logging.getLogger(__name__)
@@ -61,16 +65,147 @@ def _count(params: Any) -> int:
     return int(sum(p.numel() for p in params))
 
 
-def _frozen_bns(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    """BatchNorm layers that track running statistics and whose affine parameters are all
-    frozen (a frozen backbone's BatchNorm: training must not move it)."""
-    out = []
+def _frozen_bns(model: nn.Module, trained: frozenset[str] | None = None
+                ) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """BatchNorm layers that track running statistics and belong to a frozen part (a frozen
+    backbone's BatchNorm: training must not move it): their affine parameters are all frozen,
+    or they have none and the nearest enclosing module with parameters is frozen. Frozen means
+    not in `trained` (parameter names, `Trained.names`); without it, `requires_grad=False`."""
+    frozen = frozen_modules(model, trained)
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and name in frozen]
+
+
+def frozen_modules(model: nn.Module, trained: frozenset[str] | None = None) -> set[str]:
+    """Names of the modules of a frozen part: a module with parameters none of which is
+    trained, and a module without parameters (ReLU, a BatchNorm without affine) whose nearest
+    enclosing module with parameters is frozen. Parameters are trained when their name is in
+    `trained`; with None, when they require a gradient."""
+    ids = {id(p) for n, p in model.named_parameters()
+           if (n in trained if trained is not None else p.requires_grad)}
+    state: dict[str, bool | None] = {}  # name -> frozen (True / False), None: no parameters
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
-                out.append((name, m))
+        params = list(m.parameters())
+        state[name] = None if not params else not any(id(p) in ids for p in params)
+    out = set()
+    for name in state:
+        up = name
+        while state.get(up) is None and up:
+            up = up.rpartition(".")[0]
+        if state.get(up):
+            out.add(name)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# which parameters are trained (measured once per diagnosis)
+
+@dataclass(frozen=True)
+class Trained:
+    """The parameters training actually updates, by name (`model.named_parameters()`; names
+    are the same in every fresh copy). A parameter is trained when it requires a gradient,
+    receives a non-zero one in a forward / backward pass on real training clips (a part run
+    under `torch.no_grad()` or `.detach()`ed inside forward gets none), and the optimizer holds
+    it (a part left out of the optimizer is never stepped). `frozen_by` counts the elements
+    frozen for each reason (the first that applies)."""
+
+    names: frozenset[str]
+    total: int  # parameter elements in all
+    trainable: int  # ... of trained parameters
+    frozen_by: dict[str, int]  # requires_grad / no_gradient / zero_gradient / not_in_optimizer
+    how: str  # "measured ..." or "requires_grad flags ..."
+    error: str | None = None  # why the measurement fell back to the flags
+
+    def to_dict(self) -> dict:
+        return {"trainable": self.trainable, "frozen": self.total - self.trainable,
+                "frozen_by": {k: v for k, v in self.frozen_by.items() if v},
+                "trained_from": self.how, **({"trained_error": self.error} if self.error else {})}
+
+
+def trained_parameters(ctx: Context) -> Trained:
+    """Which parameters training updates (`Trained`), measured once per diagnosis on a fresh
+    copy of the model and kept in `ctx.cache`: for a user's model one forward / backward in
+    train mode on real training clips (2+, so BatchNorm1d heads run), plus which parameters the
+    optimizer (`ctx.make_optimizer(model)`) holds. clipdoctor's own model freezes only through
+    `requires_grad` and its optimizer holds every such parameter: the flags are read, nothing
+    runs. A forward that fails falls back to the flags (the error is kept; the probes that run
+    the model report it)."""
+    if "trained" not in ctx.cache:
+        ctx.cache["trained"] = _measure_trained(ctx)
+    return ctx.cache["trained"]
+
+
+def _measure_trained(ctx: Context) -> Trained:
+    torch.manual_seed(ctx.seed)
+    model = ctx.make_model()
+    model.train()
+    named = dict(model.named_parameters())
+    numel = {n: p.numel() for n, p in named.items()}
+    flagged = {n for n, p in named.items() if p.requires_grad}
+    held, error = set(flagged), None
+    if flagged:
+        try:
+            opt = ctx.make_optimizer(model)
+            ids = {id(p) for g in opt.param_groups for p in g["params"]}
+            held = {n for n, p in named.items() if id(p) in ids}
+        except Exception as e:  # noqa: BLE001 — the training probes report a broken optimizer
+            error = f"optimizer: {type(e).__name__}: {str(e)[:200]}"
+    reasons: dict[str, str] = {n: "requires_grad" for n in named if n not in flagged}
+    how = "requires_grad flags and the optimizer's parameters"
+    if ctx.user_model and flagged:
+        graded, why = _gradients(ctx, model)
+        if graded is None:
+            error = why if error is None else f"{error}; {why}"
+            how = "requires_grad flags and the optimizer's parameters (the pass failed)"
+        else:
+            reasons.update({n: "no_gradient" for n in flagged if graded.get(n) is None})
+            reasons.update({n: "zero_gradient" for n in flagged if graded.get(n) is False})
+            how = why
+    reasons.update({n: "not_in_optimizer" for n in flagged if n not in held and n not in reasons})
+    names = frozenset(n for n in named if n not in reasons)
+    frozen_by = {k: sum(numel[n] for n, r in reasons.items() if r == k)
+                 for k in ("requires_grad", "no_gradient", "zero_gradient", "not_in_optimizer")}
+    return Trained(names=names, total=sum(numel.values()),
+                   trainable=sum(numel[n] for n in names), frozen_by=frozen_by, how=how,
+                   error=error)
+
+
+def _gradients(ctx: Context, model: nn.Module) -> tuple[dict[str, bool | None] | None, str]:
+    """One forward / backward of `model` (train mode) on a training batch: name -> True (a
+    non-zero gradient), False (an all-zero one), None (no gradient) for each parameter that
+    requires one; or (None, why) when the pass fails. The loss is the user's; when it cannot
+    run on the output, a random projection of the output (any path to it shows)."""
+    from clipdoctor.doctor.probes.model_behaviour import _probe_batch
+
+    try:
+        x, y, source = _probe_batch(ctx)
+    except Exception as e:  # noqa: BLE001 — no batch: the flags decide
+        return None, f"no training batch: {type(e).__name__}: {str(e)[:200]}"
+    for p in model.parameters():
+        p.grad = None
+    try:
+        out = model(x)
+        if not isinstance(out, Tensor):
+            return None, f"forward returned {type(out).__name__}, not a tensor"
+        try:
+            loss = ctx.loss_fn(out, y)
+            if not (isinstance(loss, Tensor) and loss.requires_grad and loss.numel() == 1
+                    and bool(torch.isfinite(loss))):
+                raise ValueError("loss not usable")
+            target = "the loss"
+        except Exception:  # noqa: BLE001 — the loss checks say why
+            w = torch.randn(out.shape, generator=torch.Generator().manual_seed(ctx.seed))
+            loss = (torch.nan_to_num(out.float()) * w).sum()
+            target = "a random projection of the output"
+        if loss.requires_grad:
+            loss.backward()
+    except Exception as e:  # noqa: BLE001
+        return None, f"forward / backward: {type(e).__name__}: {str(e)[:200]}"
+    graded = {n: (None if p.grad is None else bool((p.grad.detach() != 0).any()))
+              for n, p in model.named_parameters() if p.requires_grad}
+    return graded, (f"measured: gradients of {target} on {len(x)} {source} in train mode, "
+                    "and the optimizer's parameters")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,15 +213,16 @@ def _frozen_bns(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._Batch
 
 @probe("model_summary")
 def model_summary(ctx: Context, probes: Probes) -> dict:
-    """Parameters (total, trainable), output width and parts; becomes the report's model
-    section. A user model's output shape comes from one forward pass on noise."""
+    """Parameters (total, trained, frozen and why: `trained_parameters`), output width and
+    parts; becomes the report's model section. A user model's output shape comes from one
+    forward pass on noise."""
     model = base_model(ctx)
-    total, trainable = _count(model.parameters()), _count(p for p in model.parameters()
-                                                          if p.requires_grad)
+    trained = trained_parameters(ctx)
     leaves = Counter(type(m).__name__ for m in model.modules() if not list(m.children()))
     out: dict = {"source": "user" if ctx.user_model else "built-in",
-                 "class": type(model).__name__, "parameters": total, "trainable": trainable,
-                 "frozen": total - trainable, "module_types": dict(leaves.most_common(12)),
+                 "class": type(model).__name__, "parameters": trained.total,
+                 **trained.to_dict(), "optimizer": describe(ctx.make_optimizer),
+                 "module_types": dict(leaves.most_common(12)),
                  "num_classes": _num_classes(ctx)}
     if ctx.data is not None and hasattr(ctx.data, "samples"):
         out["train_clips"] = sum(1 for s in ctx.data.samples if s.split == "train")
@@ -140,9 +276,10 @@ _PASS_THROUGH = ("view", "reshape", "squeeze", "flatten", "contiguous", "float")
 def structure(ctx: Context, probes: Probes) -> dict:
     """RNNs and how they are configured, frozen BatchNorm in train mode after `.train()`, and
     what torch.fx can see: the operation producing the output, `output[:, -1]` reads."""
+    trained = trained_parameters(ctx).names
     model = ctx.make_model()
     model.train()
-    frozen = _frozen_bns(model)
+    frozen = _frozen_bns(model, trained)
     rnns = [{"name": n, "type": type(m).__name__, "bidirectional": bool(m.bidirectional),
              "batch_first": bool(m.batch_first), "hidden": int(m.hidden_size),
              "layers": int(m.num_layers)}

@@ -9,22 +9,29 @@ ClipClassifier and on the user's own `nn.Module`.
   padding after the valid steps changes the prediction.
 - `bn_drift`: BatchNorm running statistics of frozen layers before / after one training step.
 - `loss_at_init`: the loss of the fresh model on real clips vs ln(K) (Karpathy's recipe).
+- `input_dependence`: how far the fresh model's logits move when its clips are replaced by
+  other clips (of other classes), by other clips of the same batch, by flat clips, and by
+  numerical noise alone (the noise floor): does the output depend on the input at all?
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import time
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, clip_batch, datamodule,
-                                        pick, probe)
+                                        pick, probe, samples)
 from clipdoctor.doctor.probes.model import (LENGTH_NAMES, _frozen_bns, _num_classes,
-                                              _takes_lengths)
+                                              _takes_lengths, trained_parameters)
 
+# PROB_TOL and SHIFT_TOL judge identities, not data-dependent changes (so no noise floor): a
+# softmax row sums to 1 whatever the clips, and a loss with its own softmax is shift-invariant on
+# any logits (here seeded normal ones, at scale 1, compared relative to the loss)
 PROB_TOL = 1e-3  # rows of a softmax sum to 1 within ~1e-6 in float32; 1e-3 leaves room for fp16
 SHIFT_TOL = 1e-4  # loss(z + c) == loss(z) to float precision when the loss applies its own softmax
 INIT_CLIPS = 32  # clips for the loss at init at a 120 s budget: the mean loss to about +-0.05
@@ -40,8 +47,8 @@ def _probe_batch(ctx: Context) -> tuple[Tensor, Tensor, str]:
         T, S = ctx.config.data.frames, ctx.config.data.size
         B = 2 if T != 2 else 3  # two clips suffice for the cross-clip test; B != T
         if ctx.data is not None:
-            dm = datamodule(ctx)
-            train = [s for s in dm.samples if s.split == "train"] or dm.samples
+            every = samples(ctx)  # clipdoctor's readable clips, or the user's items
+            train = [s for s in every if s.split == "train"] or every
             if len(train) < 2:
                 raise ProbeSkipped(f"need 2+ readable clips, found {len(train)}")
             x, y = clip_batch(ctx, pick(train, B, ctx.seed), seed=ctx.seed)
@@ -269,19 +276,26 @@ def _short_clips(ctx: Context) -> dict:
 
 @probe("bn_drift", min_s=1.0)
 def bn_drift(ctx: Context, probes: Probes) -> dict:
-    """Running statistics of BatchNorm layers with frozen parameters, before and after one
-    training step (train mode, as the user's loop would run it)."""
+    """Running statistics of the BatchNorm layers of frozen parts, before and after one
+    training step (`model.train()`, as the user's loop would run it). Frozen is measured
+    (`trained_parameters`): requires_grad=False, no gradient (`torch.no_grad()` / `.detach()`
+    in forward) or left out of the optimizer."""
     x, y, source = _probe_batch(ctx)
+    trained = trained_parameters(ctx)
+    torch.manual_seed(ctx.seed)
     model = ctx.make_model()
     model.train()
-    frozen = _frozen_bns(model)
+    frozen = _frozen_bns(model, trained.names)
     res: dict = {"input": source, "frozen_batchnorm": len(frozen),
-                 "train_mode": [n for n, m in frozen if m.training]}
+                 "train_mode": [n for n, m in frozen if m.training],
+                 "frozen_from": trained.how}
     if not frozen:
         return {**res, "drifted": [], "max_relative_change": 0.0}
     before = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in frozen}
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = ctx.make_optimizer(params) if params else None
+    try:
+        opt = ctx.make_optimizer(model) if trained.names else None
+    except Exception as e:  # noqa: BLE001 — the statistics move in the forward pass anyway
+        opt, res["optimizer_error"] = None, f"{type(e).__name__}: {str(e)[:120]}"
     out = model(x)
     try:
         loss = ctx.loss_fn(out, y)
@@ -318,10 +332,13 @@ def loss_at_init(ctx: Context, probes: Probes) -> dict:
     model.train()
     losses, outs = [], []
     try:
+        starts = list(range(0, len(x), 8))
+        if len(starts) > 1 and len(x) - starts[-1] == 1:  # never a batch of one in train mode
+            starts.pop()  # (a BatchNorm1d head raises on it): the last chunk takes 9 clips
         with torch.no_grad():
-            for i in range(0, len(x), 8):
-                o = model.forward_cached(x[i:i + 8]) if cached else model(x[i:i + 8])
-                losses.append(float(ctx.loss_fn(o, y[i:i + 8])) * len(o))
+            for i, j in zip(starts, starts[1:] + [len(x)]):
+                o = model.forward_cached(x[i:j]) if cached else model(x[i:j])
+                losses.append(float(ctx.loss_fn(o, y[i:j])) * len(o))
                 outs.append(o.float())
     except Exception as e:  # noqa: BLE001 — loss-output-mismatch reports why
         return {"error": f"{type(e).__name__}: {str(e)[:200]}", "ln_k": math.log(K), "classes": K}
@@ -347,7 +364,171 @@ def _init_inputs(ctx: Context, probes: Probes) -> tuple[Tensor, Tensor, bool]:
         td = None
     if isinstance(td, dict) and "_x_train" in td:
         return td["_x_train"][:n], td["_y_train"][:n], bool(td.get("cached"))
-    dm = datamodule(ctx)
-    train = [s for s in dm.samples if s.split == "train"] or dm.samples
+    every = samples(ctx)  # clipdoctor's readable clips, or the user's items
+    train = [s for s in every if s.split == "train"] or every
     x, y = clip_batch(ctx, pick(train, n, ctx.seed), seed=ctx.seed)
     return x, y, False
+
+
+# ---------------------------------------------------------------------------------------------
+# input_dependence
+
+INPUT_CLIPS = 4  # clips per batch at a 120 s budget (2 at the least): the change from replacing
+# them is a maximum over all their logits, so a few clips show any real dependence (about 4
+# passes over them in all: a user's ResNet CNN-LSTM at 224 px costs seconds a pass on 2 cores)
+FLOAT_REL = 1e-6  # float32 rounding at the logits' scale: eps 1.2e-7 times the ~8 roundings a
+# reordered reduction accumulates (measured batch-reorder noise: exactly 0 on CPU for the
+# built-in model and user CNN-LSTMs, batches of 2 to 8 clips, so this term sets the floor)
+CONFIRM_BELOW = 1e3  # a fresh model whose logits move less than 1000x the noise floor is trained
+# CONFIRM_STEPS steps and measured again: a zero-initialised last layer ignores the input only
+# until its first update. 1000x is 100x the factor the check uses (checks' INPUT_FACTOR), so
+# whenever the check could fire it has the trained measurement too (healthy fresh models
+# measured 4.0e3x and more: they are not retrained)
+CONFIRM_STEPS = 3  # two stacked zero-initialised layers need two updates before the output moves
+CONFIRM_SHARE = 0.05  # ... within 5 % of the diagnosis budget (2 s at the least): the steps stop
+# there (one step always runs)
+
+
+@probe("input_dependence", min_s=1.0)
+def input_dependence(ctx: Context, probes: Probes) -> dict:
+    """A fresh model in eval mode (no dropout, BatchNorm on running statistics: each clip's
+    logits depend on that clip alone) on a batch of real clips, and on
+
+    - other real clips, each of another class than the clip it replaces (`replaced_change`),
+    - the same clips moved one place along the batch (`shuffled_change`: each row now holds
+      another clip of the batch),
+    - flat clips of each clip's mean value (`constant_change`, the first two clips),
+
+    each the largest absolute logit difference. The noise floor is what the logits move by
+    numerical noise alone: the same clips in another batch order and in a smaller batch
+    (`reorder_noise`), and never less than FLOAT_REL x max|logit| (`float_floor`, float32
+    rounding at the logits' scale). When the change from other clips is within CONFIRM_BELOW x
+    the floor, the model is trained CONFIRM_STEPS steps on the clips and measured again
+    (`trained`)."""
+    a, ya, b, yb, source = _replacement_batches(ctx)
+    torch.manual_seed(ctx.seed)
+    model = ctx.make_model()
+    fresh = _dependence(model, a, b)
+    res: dict = {"input": source, "clips": len(a),
+                 "other_class_pairs": int((ya != yb).sum()) if source == "clips" else None,
+                 "fresh": fresh, "trained": None, "float_rel": FLOAT_REL,
+                 "confirm_below": CONFIRM_BELOW}
+    if fresh["input_change"] <= CONFIRM_BELOW * fresh["noise_floor"]:
+        steps, error = _train_a_little(ctx, model, a, ya)
+        res["trained_steps"] = steps
+        if error:
+            res["trained_error"] = error
+        if steps:
+            res["trained"] = _dependence(model, a, b)
+    return res
+
+
+def _replacement_batches(ctx: Context) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
+    """(clips, labels, other clips, their labels, source): real training clips, each paired
+    with another clip of a different class where the data allows; seeded noise clips when
+    no dataset is given."""
+    n = ctx.budget.scale(INPUT_CLIPS, minimum=2)
+    if ctx.data is None:
+        T, S = ctx.config.data.frames, ctx.config.data.size
+        g = torch.Generator().manual_seed(ctx.seed)
+        x = torch.randn(2 * n, T, 3, S, S, generator=g)
+        y = torch.zeros(2 * n, dtype=torch.long)
+        return x[:n], y[:n], x[n:], y[n:], "random"
+    every = samples(ctx)
+    train = [s for s in every if s.split == "train"]
+    if len(train) < 4:
+        train = list(every)
+    chosen = pick(train, 2 * n, ctx.seed)
+    if len(chosen) < 4:
+        raise ProbeSkipped(f"needs 4+ readable clips (2 to replace 2), found {len(chosen)}")
+    x, y = clip_batch(ctx, chosen, seed=ctx.seed)
+    n = len(y) // 2
+    a, ya, b, yb = x[:n], y[:n], x[n:2 * n], y[n:2 * n]
+    order = _partners(ya.tolist(), yb.tolist())
+    return a, ya, b[order], yb[order], "clips"
+
+
+def _partners(ya: list[int], yb: list[int]) -> list[int]:
+    """An order of the other clips giving clip i a partner of another class where possible."""
+    free = list(range(len(yb)))
+    order = []
+    for label in ya:
+        j = next((j for j in free if yb[j] != label), free[0])
+        free.remove(j)
+        order.append(j)
+    return order
+
+
+def _outputs(model: nn.Module, x: Tensor) -> Tensor:
+    out = model(x)
+    if not isinstance(out, Tensor) or out.ndim < 1 or out.shape[0] != len(x):
+        raise ProbeSkipped(f"the model returned {type(out).__name__}"
+                           f"{tuple(out.shape) if isinstance(out, Tensor) else ''} for "
+                           f"{len(x)} clips, not one row of logits per clip")
+    out = out.detach().double().reshape(len(x), -1)
+    if not bool(torch.isfinite(out).all()):
+        raise ProbeSkipped("the model's outputs are not finite (nan-loss says why)")
+    return out
+
+
+@torch.no_grad()
+def _dependence(model: nn.Module, a: Tensor, b: Tensor) -> dict:
+    """The changes and the noise floor of section `input_dependence`, in eval mode."""
+    model.eval()
+    n = len(a)
+    out = _outputs(model, a)
+    replaced = _outputs(model, b)
+    rolled = _outputs(model, a.roll(1, 0))
+    # flat clips of each clip's mean value, in the clips' own dtype (a user's uint8 included)
+    two = a[:2]
+    flat = two.double().mean(dim=tuple(range(1, a.ndim)), keepdim=True).expand_as(two).to(a.dtype)
+    constant = _outputs(model, flat)
+    noise = float((rolled.roll(-1, 0) - out).abs().max())  # the same clips, another order
+    if n >= 4:  # the same clips in a smaller batch (other kernel blocking); never a batch of one
+        half = n // 2
+        noise = max(noise, float((_outputs(model, a[:half]) - out[:half]).abs().max()))
+    scale = float(out.abs().max())
+    float_floor = FLOAT_REL * scale
+    res = {"replaced_change": float((replaced - out).abs().max()),
+           "shuffled_change": float((rolled - out).abs().max()),
+           "constant_change": float((constant - out[:2]).abs().max()),
+           "reorder_noise": noise, "float_floor": float_floor,
+           "noise_floor": max(noise, float_floor), "logit_scale": scale,
+           "clip_spread": float((out - out.roll(1, 0)).abs().max())}
+    # what replacing the input moves: other real clips, from outside the batch or inside it
+    res["input_change"] = max(res["replaced_change"], res["shuffled_change"])
+    return res
+
+
+def _train_a_little(ctx: Context, model: nn.Module, x: Tensor, y: Tensor
+                    ) -> tuple[int, str | None]:
+    """CONFIRM_STEPS optimizer steps on (x, y) (train mode, the run's optimizer and loss) ->
+    (steps taken, why it stopped early or None)."""
+    from clipdoctor.doctor.probes.training import _optimizer  # the run's optimizer, one place
+
+    try:
+        opt = _optimizer(ctx, model)
+    except ProbeSkipped as e:
+        return 0, str(e)
+    torch.manual_seed(ctx.seed)
+    model.train()
+    steps = 0
+    deadline = time.perf_counter() + max(2.0, CONFIRM_SHARE * ctx.budget.seconds)
+    try:
+        for _ in range(CONFIRM_STEPS):
+            if steps and time.perf_counter() > deadline:
+                return steps, f"stopped after {steps} steps: the time for this check was spent"
+            opt.zero_grad(set_to_none=True)
+            loss = ctx.loss_fn(model(x), y)
+            if not loss.requires_grad:
+                return steps, "the loss does not depend on any trainable parameter"
+            if not bool(torch.isfinite(loss)):
+                return steps, "the loss is not finite"
+            loss.backward()
+            opt.step()
+            steps += 1
+    except Exception as e:  # noqa: BLE001 — the fresh measurement stands on its own
+        return steps, f"{type(e).__name__}: {str(e)[:160]}"
+    finally:
+        model.eval()
+    return steps, None

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, base_model, clip_batch,
-                                        datamodule, probe)
+                                        probe, samples)
 from clipdoctor.doctor.probes.model import _builtin, _num_classes
 
 MOTION_CLIPS = 600  # clips for the motion probes at a 120 s budget (PCA + fits: 2-4 s measured
@@ -126,7 +126,7 @@ def _difference_gap_features(ctx: Context, model: nn.Module, names: list[str]) -
     clips, through the backbone the model sends them to, in eval mode: (N, T, C)."""
     from clipdoctor.models.motion import time_differences
 
-    by_name = {s.name: s for s in datamodule(ctx).samples}
+    by_name = {s.name: s for s in samples(ctx)}
     backbone = model.diff_backbone if model.diff_backbone is not None else model.backbone
     was_training = backbone.training
     backbone.eval()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import Context, Probes, ProbeSkipped, probe
+from clipdoctor.doctor.probes import SAFETY, Context, Probes, ProbeSkipped, probe
 from clipdoctor.doctor.probes.results import BatchFit, MemorisedGap, OverfitBatch, Skipped
 from clipdoctor.doctor.probes.training import (SHARE, _augmented, _augments, _clip_value,
                                                  _forward, _no_dropout, _optimizer,
@@ -22,10 +22,10 @@ NEAR_ZERO_FRAC = 0.05  # "near zero": 95 % of the initial loss gone (0.035 at 2 
 AUG_DRAWS = 2  # augmented draws of the fitted batch
 
 
-def _overfit(ctx: Context, x: Tensor, y: Tensor, cached: bool, deadline: float,
+def _overfit(ctx: Context, x: Tensor, y: Tensor, cached: bool, most: int, deadline: float,
              lr: float | None) -> tuple[BatchFit, nn.Module]:
-    """Train a fresh model, dropout and weight decay off, on one batch for up to
-    OVERFIT_STEPS steps or until `deadline`."""
+    """Train a fresh model, dropout and weight decay off, on one batch for up to `most`
+    (at most OVERFIT_STEPS) steps; `deadline` (wall clock) only guards a plan far off."""
     torch.manual_seed(ctx.seed)
     model = _no_dropout(ctx.make_model())
     model.train()
@@ -33,7 +33,7 @@ def _overfit(ctx: Context, x: Tensor, y: Tensor, cached: bool, deadline: float,
     losses: list[float] = []
     reached = None
     target = None
-    for i in range(OVERFIT_STEPS):
+    for i in range(min(most, OVERFIT_STEPS)):
         if i and time.perf_counter() > deadline:
             break
         loss, _, _ = _train_step(model, opt, x, y, ctx.loss_fn, cached, _clip_value(ctx))
@@ -91,7 +91,10 @@ def overfit_batch(ctx: Context, probes: Probes) -> OverfitBatch:
         raise ProbeSkipped(f"overfitting one batch needs 20+ steps of {step_s:.2f} s; only "
                            f"{allowance:.0f} s are left for it (raise --budget)")
     # half the allowance for the config's LR, the rest for a retry at the range test's LR
-    first, model = _overfit(ctx, x, y, d["cached"], started + 0.5 * allowance, None)
+    most = int(0.5 * allowance / step_s)
+    first, model = _overfit(ctx, x, y, d["cached"], max(20, most),
+                            started + SAFETY * 0.5 * allowance, None)
+    ctx.budget.charge("overfit_batch", first.steps * step_s)
     out = OverfitBatch(clips=n, classes_in_batch=len(set(y.tolist())),
                        near_zero_frac=NEAR_ZERO_FRAC, config_lr=first.lr, **vars(first))
     if first.reached:
@@ -99,11 +102,13 @@ def overfit_batch(ctx: Context, probes: Probes) -> OverfitBatch:
             out.augmentation = _memorised_gap(ctx, model, first, x, y, d["_train_samples"][:n],
                                               d["cached"])
         return out
-    left = allowance - (time.perf_counter() - started)
+    left = allowance - first.steps * step_s
     try:  # the sweep's own time is its own, not this probe's
         suggestion = probes.get("lr_range").suggestion
     except ProbeSkipped:
         suggestion = None
     if suggestion and not 1 / 3 < suggestion / first.lr < 3 and left >= 10 * step_s:
-        out.retry, _ = _overfit(ctx, x, y, d["cached"], time.perf_counter() + left, suggestion)
+        out.retry, _ = _overfit(ctx, x, y, d["cached"], int(left / step_s),
+                                time.perf_counter() + SAFETY * left, suggestion)
+        ctx.budget.charge("overfit_batch", (first.steps + out.retry.steps) * step_s)
     return out

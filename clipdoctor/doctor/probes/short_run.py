@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import Context, Probes, base_model, probe
+from clipdoctor.doctor.probes import SAFETY, Context, Probes, base_model, probe
+from clipdoctor.doctor.probes.cost import load_s
 from clipdoctor.doctor.probes.results import (AugmentationGap, Curves, NonFiniteLoss,
                                                 ShortRun, Skipped)
 from clipdoctor.doctor.probes.training import (SHARE, SHORT_MAIN_SHARE, SHORT_MIN_EPOCHS,
@@ -20,7 +21,10 @@ from clipdoctor.doctor.probes.training import (SHARE, SHORT_MAIN_SHARE, SHORT_MI
                                                  _has_dropout, _hist, _logits, _no_dropout,
                                                  _optimizer, _score, _train_step)
 
-SHORT_MAX_EPOCHS = 30  # more epochs are not needed to show a trend
+SHORT_MAX_EPOCHS = 30  # more epochs are not needed to show a trend ...
+JUDGED_STEPS = 100  # ... unless they are too few steps for a verdict: the most optimizer steps a
+# check declares (`@check(min_steps=...)`: prediction-collapse's 100; a test keeps them in step),
+# so small data runs up to this many steps when the budget allows
 VARIANT_TRIGGER = 0.5  # the unregularised variant runs only if the train loss ends above 0.5 ln K
 
 
@@ -80,15 +84,21 @@ def _fit(ctx: Context, d: dict, epochs: int, deadline: float, *, augment: bool,
     return curves, model, xs
 
 
+def _epoch_s(d: dict, augment: bool) -> float:
+    """Planned seconds of one epoch: its steps, validation (about a third of a step per
+    clip) and, with augmentation, reloading the clips through the data pipeline (`cost.py`:
+    a counted cost per frame, the same on any machine)."""
+    steps = max(1, d["train_clips"] // d["batch_size"])
+    reload = d["train_clips"] * load_s(d["input_shape"]) if augment else 0.0
+    return d["step_s"] * (steps + d["val_clips"] / (3 * d["batch_size"])) + reload
+
+
 def _plan_epochs(ctx: Context, d: dict, allowance: float, augment: bool) -> int:
     """Epochs of the main run that fit SHORT_MAIN_SHARE of the allowance (at least 3)."""
     steps = max(1, d["train_clips"] // d["batch_size"])
-    # a step plus its share of validation (about a third of a step per clip) and, with
-    # augmentation, of reloading the clips (measured: ~1/3 of a demo step)
-    epoch_s = d["step_s"] * (steps * (1.4 if augment else 1.0)
-                             + d["val_clips"] / (3 * d["batch_size"]))
-    fit = int(SHORT_MAIN_SHARE * allowance / epoch_s)
-    return max(SHORT_MIN_EPOCHS, min(SHORT_MAX_EPOCHS, fit))
+    fit = int(SHORT_MAIN_SHARE * allowance / _epoch_s(d, augment))
+    most = max(SHORT_MAX_EPOCHS, math.ceil(JUDGED_STEPS / steps))
+    return max(SHORT_MIN_EPOCHS, min(most, fit))
 
 
 def _augmentation_gap(ctx: Context, d: dict, model: nn.Module, last_inputs: Tensor
@@ -120,7 +130,7 @@ def _config_steps(ctx: Context, d: dict) -> int | None:
     return epochs * math.ceil(d["train_total"] / ctx.config.data.batch_size)
 
 
-def _unregularized(ctx: Context, d: dict, main: Curves, deadline: float, weight_decay: float,
+def _unregularized(ctx: Context, d: dict, main: Curves, left: float, weight_decay: float,
                    dropout: bool) -> Curves | Skipped | None:
     """The same run without weight decay and dropout, for as many epochs as the budget allows
     (compared epoch by epoch), when the model is regularised and its train loss stays high."""
@@ -131,11 +141,12 @@ def _unregularized(ctx: Context, d: dict, main: Curves, deadline: float, weight_
         return Skipped(skipped="the short run did not finish an epoch")
     if tr[-1] <= VARIANT_TRIGGER * math.log(max(2, d["classes"])):
         return Skipped(skipped=f"the train loss is already low ({tr[-1]:.2f})")
-    epochs = min(main.epochs, int((deadline - time.perf_counter()) / np.mean(main.epoch_s)))
+    epochs = min(main.epochs, int(left / _epoch_s(d, main.augmented)))
     if epochs < SHORT_MIN_EPOCHS:
         return Skipped(skipped=f"no budget left for {SHORT_MIN_EPOCHS} more epochs "
                                "(raise --budget)")
-    return _fit(ctx, d, epochs, deadline, augment=main.augmented, regularize=False)[0]
+    return _fit(ctx, d, epochs, time.perf_counter() + SAFETY * left, augment=main.augmented,
+                regularize=False)[0]
 
 
 @probe("short_run", min_s=5.0, share=SHARE["short_run"], needs=("training_data",))
@@ -147,18 +158,23 @@ def short_run(ctx: Context, probes: Probes) -> ShortRun:
     allowance = ctx.budget.allowance("short_run")
     augment = not d["cached"]  # stage 1 trains on the unaugmented view of cached features
     epochs = _plan_epochs(ctx, d, allowance, augment)
-    main, trained, last_inputs = _fit(ctx, d, epochs, started + SHORT_MAIN_SHARE * allowance,
+    main, trained, last_inputs = _fit(ctx, d, epochs,
+                                      started + SAFETY * SHORT_MAIN_SHARE * allowance,
                                       augment=augment, regularize=True)
     model = base_model(ctx)
     wd = max(g.get("weight_decay", 0.0) for g in _optimizer(ctx, model).param_groups)
     dropout = _has_dropout(model)
     gap = (_augmentation_gap(ctx, d, trained, last_inputs)
            if main.nonfinite is None and main.epochs else None)
+    epoch_s = _epoch_s(d, augment)
+    variant = _unregularized(ctx, d, main, allowance - main.epochs * epoch_s, wd, dropout)
+    ctx.budget.charge("short_run", epoch_s * (
+        main.epochs + (variant.epochs if isinstance(variant, Curves) else 0)))
     return ShortRun(
         **vars(main), classes=d["classes"], train_clips=d["train_clips"],
         val_clips=d["val_clips"], val_counts=d["val_counts"],
         steps_per_epoch=len(_batches(d["train_clips"], d["batch_size"], 0)),
         config_steps=_config_steps(ctx, d), weight_decay=wd, dropout=dropout,
         augmentation_gap=gap,
-        no_regularization=_unregularized(ctx, d, main, started + allowance, wd, dropout),
+        no_regularization=variant,
         model=trained)

@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, base_model, clip_batch,
-                                        datamodule, pick, probe)
+from clipdoctor.doctor.probes import (SAFETY, Context, Probes, ProbeSkipped, base_model,
+                                        clip_batch, data_classes, pick, probe, samples)
+from clipdoctor.doctor.probes.cost import (forward_flops, nominal_forward_s, nominal_seconds,
+                                           step_flops)
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +81,14 @@ def _clip_value(ctx: Context) -> float | None:
 
 def _optimizer(ctx: Context, model: nn.Module, *, weight_decay: bool = True,
                lr: float | None = None) -> torch.optim.Optimizer:
-    """The run's optimiser on the trainable parameters; optionally without weight decay or
-    with every group's LR scaled so the first group's is `lr`."""
+    """The run's optimiser on `model` as the user builds it (`ctx.make_optimizer(model)`: the
+    parameters and groups they train); optionally without weight decay or with every group's
+    LR scaled so the first group's is `lr`."""
     if not _trainable(model):
         raise ProbeSkipped("the model has no trainable parameters")
-    opt = ctx.make_optimizer(_trainable(model))
+    opt = ctx.make_optimizer(model)
+    if not any(g["params"] for g in opt.param_groups):
+        raise ProbeSkipped("the optimizer holds none of the model's parameters")
     if lr is not None:
         ref = opt.param_groups[0]["lr"]
         for g in opt.param_groups:
@@ -153,8 +158,17 @@ def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tens
 @torch.no_grad()
 def _logits(model: nn.Module, x: Tensor, cached: bool, batch_size: int = 64) -> Tensor:
     model.eval()
-    return torch.cat([_forward(model, x[i:i + batch_size], cached)
-                      for i in range(0, len(x), batch_size)])
+    return torch.cat([_forward(model, x[i:j], cached) for i, j in _chunks(len(x), batch_size)])
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive chunks of `size`, the last one never a batch of one (a
+    BatchNorm using batch statistics raises on it, even in eval mode without running stats):
+    it joins the chunk before."""
+    bounds = [(i, min(i + size, n)) for i in range(0, n, size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 def _score(logits: Tensor, y: Tensor, loss_fn: Callable) -> tuple[float, float]:
@@ -193,9 +207,9 @@ def _augmented(ctx: Context, samples: list, seed: int, cached: bool = False) -> 
 def _split(ctx: Context, n_train: int, n_val: int) -> tuple[list, list, bool, int]:
     """Stratified train / val samples, whether val was held out of train (no val split: a
     fifth of train), and how many training clips there are in all."""
-    dm = datamodule(ctx)
-    train = [s for s in dm.samples if s.split == "train"]
-    val = [s for s in dm.samples if s.split == "val"]
+    every = samples(ctx)  # clipdoctor's readable clips, or the user's items
+    train = [s for s in every if s.split == "train"]
+    val = [s for s in every if s.split == "val"]
     held_out = not val
     if held_out:
         val = pick(train, max(2, min(n_val, len(train) // 5)), ctx.seed + 1)
@@ -237,28 +251,37 @@ def _features(ctx: Context, samples: list, deadline: float) -> tuple[Tensor, Ten
     return torch.cat(feats), torch.cat(labels)
 
 
-def _time_step(ctx: Context, x: Tensor, y: Tensor, cached: bool) -> float:
-    """Seconds of one training step on (x, y) with a throwaway fresh model: the fastest of up
-    to 3 steps after a warm-up (allocations), stopping once 0.5 s were spent timing. The
-    fastest, because a busy machine only ever makes a step slower."""
+def _time_step(ctx: Context, x: Tensor, y: Tensor, cached: bool) -> tuple[float, float]:
+    """(planned, measured) seconds of one training step on (x, y) with a throwaway fresh model.
+
+    The plan uses the counted cost (`cost.py`: the step's operations at the reference
+    machine's rate), never the clock, so a busy machine gets the same plan, hence the same
+    verdicts, only later. The measured time of one more step is reported beside it."""
     model, opt = _fresh_model(ctx)
-    _train_step(model, opt, x, y, ctx.loss_fn, cached, _clip_value(ctx))  # warm-up
-    times: list[float] = []
-    while len(times) < 3 and sum(times) < 0.5:
-        started = time.perf_counter()
-        _train_step(model, opt, x, y, ctx.loss_fn, cached, _clip_value(ctx))
-        times.append(time.perf_counter() - started)
-    return max(min(times), 1e-4)
+    flops = step_flops(model, opt, x, y, ctx.loss_fn, lambda m, z: _forward(m, z, cached))
+    started = time.perf_counter()
+    _train_step(model, opt, x, y, ctx.loss_fn, cached, _clip_value(ctx))
+    return nominal_seconds(flops), time.perf_counter() - started
 
 
-def _feature_material(ctx: Context, train: list, val: list, deadline: float
+def _feature_material(ctx: Context, train: list, val: list, allowance: float
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Frozen features of both splits; a backbone pass per clip, so the time is split
-    between them in proportion and the lists shrink to what fits."""
+    """Frozen features of both splits; a backbone pass per clip (its counted cost, measured
+    on one clip), so both lists shrink in proportion to what fits the allowance. The wall
+    clock only guards a plan far off (SAFETY)."""
+    model = base_model(ctx)
+    model.eval()
+    x, _ = clip_batch(ctx, train[:1], seed=ctx.seed)
+    with torch.no_grad():
+        per_clip = nominal_forward_s(forward_flops(model, lambda: model.frozen_features(x)))
+    fit = allowance / per_clip / (len(train) + len(val))
+    if fit < 1:
+        train = train[:max(16, int(len(train) * fit))]  # prefixes stay stratified
+        val = val[:max(8, int(len(val) * fit))]
     started = time.perf_counter()
     share = len(train) / (len(train) + len(val))
-    x_tr, y_tr = _features(ctx, train, started + share * (deadline - started))
-    x_va, y_va = _features(ctx, val, deadline)
+    x_tr, y_tr = _features(ctx, train, started + SAFETY * share * allowance)
+    x_va, y_va = _features(ctx, val, started + SAFETY * allowance)
     return x_tr, y_tr, x_va, y_va
 
 
@@ -268,40 +291,40 @@ def _clip_material(ctx: Context, train: list, val: list, bs: int
     run's main share can cover at the measured step cost (and memory allows)."""
     x, y = clip_batch(ctx, train[:bs], seed=ctx.seed)
     per_clip = x[0].numel() * 4
-    step_s = _time_step(ctx, x, y, False)
+    step_s, measured = _time_step(ctx, x, y, False)
     fit = ctx.budget.share("short_run") * SHORT_MAIN_SHARE * ctx.budget.seconds / (
         SHORT_MIN_EPOCHS * 1.5 * step_s / bs)
     keep = int(MAX_INPUT_BYTES * 0.75 / per_clip)
     train = train[:max(bs, min(keep, int(fit)))]
     val = val[:max(4, min(len(val), int(MAX_INPUT_BYTES * 0.25 / per_clip)))]
-    return train, val, step_s, (*clip_batch(ctx, train, seed=ctx.seed),
+    return train, val, (step_s, measured), (*clip_batch(ctx, train, seed=ctx.seed),
                                 *clip_batch(ctx, val, seed=ctx.seed))
 
 
 @probe("training_data", min_s=2.0, share=SHARE["training_data"])
 def training_data(ctx: Context, probes: Probes) -> dict:
     """The clips (or frozen features) the training probes use, and the cost of one step."""
-    dm = datamodule(ctx)
     allowance = ctx.budget.allowance("training_data")
     n_train = ctx.budget.scale(TRAIN_CLIPS, minimum=16)
     n_val = ctx.budget.scale(VAL_CLIPS, minimum=32)  # fewer: accuracy too coarse to judge
     train, val, held_out, total = _split(ctx, n_train, n_val)
     cached = _cached(ctx)
-    bs = min(ctx.config.data.batch_size, len(train))
+    bs = max(2, min(ctx.config.data.batch_size, len(train)))  # never a batch of one (BatchNorm)
     if cached:
-        x_tr, y_tr, x_va, y_va = _feature_material(ctx, train, val,
-                                                   time.perf_counter() + allowance)
+        x_tr, y_tr, x_va, y_va = _feature_material(ctx, train, val, allowance)
         train, val = train[:len(y_tr)], val[:len(y_va)]
-        step_s = _time_step(ctx, x_tr[:bs], y_tr[:bs], True)
+        step_s, measured = _time_step(ctx, x_tr[:bs], y_tr[:bs], True)
     else:
-        train, val, step_s, (x_tr, y_tr, x_va, y_va) = _clip_material(ctx, train, val, bs)
-    k = len(dm.classes)
+        train, val, (step_s, measured), (x_tr, y_tr, x_va, y_va) = _clip_material(
+            ctx, train, val, bs)
+    k = len(data_classes(ctx))
     log.debug("training probes: %d train / %d val %s, %.3f s a step", len(y_tr), len(y_va),
               "feature sets" if cached else "clips", step_s)
     return {
         "cached": cached, "train_clips": len(y_tr), "val_clips": len(y_va),
         "val_held_out": held_out, "train_total": total, "classes": k, "batch_size": bs,
-        "step_s": step_s, "input_shape": list(x_tr.shape[1:]),
+        "step_s": step_s, "step_s_measured": round(measured, 4),
+        "input_shape": list(x_tr.shape[1:]),
         "train_counts": _hist(y_tr, k), "val_counts": _hist(y_va, k),
         "_x_train": x_tr, "_y_train": y_tr, "_x_val": x_va, "_y_val": y_va,
         "_train_samples": train, "_val_samples": val,
@@ -321,4 +344,5 @@ def _fresh_run(ctx: Context, probes: Probes, name: str, steps: int, minimum: int
     if steps < minimum:
         raise ProbeSkipped(skip.format(n=minimum, s=d["step_s"], left=allowance)
                            + " (raise --budget)")
+    ctx.budget.charge(name, steps * step_cost * d["step_s"])  # the plan is what it spends
     return (d, allowance, steps, *_fresh_model(ctx))
