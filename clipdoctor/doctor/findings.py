@@ -127,6 +127,9 @@ class Report:
     # model) {"name", "kind": "probe", "error", "checks" (those it kept from running)}
     failures: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
+    # wall-clock seconds each probe took (measured, skipped on its own or failed), in the
+    # order they ran; the plan they were sized by is in `cost.py` terms (DESIGN §1)
+    probe_seconds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.findings = rank(self.findings)
@@ -142,7 +145,7 @@ class Report:
                 "probes": _jsonable(self.probes), "dataset": _jsonable(self.dataset),
                 "model": _jsonable(self.model), "skipped": self.skipped,
                 "skipped_probes": self.skipped_probes, "failures": self.failures,
-                "wall_s": round(self.wall_s, 2)}
+                "wall_s": round(self.wall_s, 2), "probe_seconds": self.probe_seconds}
 
     def to_json(self, path: str | Path) -> Path:
         from clipdoctor.io import atomic_write_text

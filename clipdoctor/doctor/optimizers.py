@@ -55,8 +55,11 @@ def optimizer_maker(optimizer: Any, config: RunConfig, make_model: Callable[[], 
     """`make_optimizer(model_copy)`: the user's optimizer built on a fresh copy (a list of
     parameters instead of a copy gets the same class and hyper-parameters on those
     parameters). `model` is the user's own module (None for the built-in one). Its `form()`
-    says which form was given: 'default', 'parameters', 'model', 'instance' (None while a
-    factory has not been called yet)."""
+    says which form was given: 'run' (none given, the built-in model: `train`'s own
+    optimizer), 'default' (none given, the user's model), 'parameters', 'model', 'instance'
+    (None while a factory has not been called yet)."""
+    if optimizer is None and model is None:
+        return run_optimizer(config)
     if optimizer is None:
         def default(target: Any) -> torch.optim.Optimizer:
             return torch.optim.AdamW(trainable(target), lr=config.train.lr,
@@ -74,6 +77,22 @@ def optimizer_maker(optimizer: Any, config: RunConfig, make_model: Callable[[], 
         "(lambda params: torch.optim.Adam(params, lr=1e-3)), a factory of the model "
         "(lambda model: torch.optim.Adam(model.head.parameters())) or a torch.optim.Optimizer "
         "built on the model you pass as model=")
+
+
+def run_optimizer(config: RunConfig) -> MakeOptimizer:
+    """The built-in model's optimizer, as `train` builds it (`training.module.make_optimizer`:
+    AdamW, no weight decay on biases and norms, fused where it can be); a list of parameters
+    gets the same AdamW on those parameters. The backbone LR multiplier is `train`'s first
+    stage's (1: a frozen backbone is not in the optimizer, an unfrozen one trains at the LR)."""
+    from clipdoctor.training.module import adamw, make_optimizer
+
+    def build(target: Any) -> torch.optim.Optimizer:
+        if isinstance(target, nn.Module):
+            return make_optimizer(target, config.train)
+        return adamw(trainable(target), config.train)
+
+    build.form = lambda: "run"  # type: ignore[attr-defined]
+    return build
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +241,8 @@ def _from_callable(fn: Callable, make_model: Callable[[], nn.Module]) -> MakeOpt
     return build
 
 
-FORMS = {"default": "clipdoctor's AdamW (train.lr, train.weight_decay)",
+FORMS = {"run": "train's AdamW (train.lr, train.weight_decay; none on biases and norms)",
+         "default": "clipdoctor's AdamW (train.lr, train.weight_decay)",
          "parameters": "the user's factory of the parameters",
          "model": "the user's factory of the model",
          "instance": "the user's Optimizer, rebuilt on each copy by parameter name",

@@ -24,8 +24,8 @@ from torch import nn
 from clipdoctor.config import RunConfig
 from clipdoctor.doctor.findings import Finding, Report
 from clipdoctor.doctor.optimizers import optimizer_maker
-from clipdoctor.doctor.probes import (PROBES, Budget, Context, Probes, ProbeSkipped,
-                                        default_loss, with_needs)
+from clipdoctor.doctor.probes import (PROBES, Budget, Context, Probes, ProbeSkipped, RunLoss,
+                                        data_classes, default_loss, samples, with_needs)
 from clipdoctor.doctor.probes.results import TIMING_KEY, Result
 from clipdoctor.doctor.registry import CHECKS, Check
 
@@ -153,7 +153,11 @@ def build_context(data: Any = None, *, config: RunConfig | None = None,
 
     `optimizer`: a factory of the parameters, a factory of the model, or a ready Optimizer
     built on `model` (`doctor/optimizers.py` says how the forms are told apart); rebuilt on
-    each fresh copy. The probes work on deep copies: `model` and `optimizer` stay as given."""
+    each fresh copy. The probes work on deep copies: `model` and `optimizer` stay as given.
+
+    The built-in model trains as `train` trains it: its loss (unless `loss_fn` is given) is
+    `train`'s (`RunLoss`: class weights per `train.class_weighting`, label smoothing) and its
+    optimizer (unless `optimizer` is given) `train`'s AdamW with its parameter groups."""
     data = as_data(data, augment)  # the user's own Datasets -> UserData (DataError otherwise)
     config = fit_config(config or RunConfig(), data)
     if model is not None:
@@ -175,11 +179,29 @@ def build_context(data: Any = None, *, config: RunConfig | None = None,
     make_optimizer = optimizer_maker(optimizer, config, make_model, model)
     if model is not None and optimizer is not None:
         make_optimizer(make_model())  # a factory that cannot serve a copy: one clear error now
-    return Context(config=config, make_model=make_model, loss_fn=loss_fn or default_loss,
-                   make_optimizer=make_optimizer, data=data, user_model=model is not None,
-                   budget=Budget(budget_s), seed=config.seed,
-                   run=Path(run) if run is not None else None,
-                   augment=augment if augment is not None else getattr(data, "augment", None))
+    ctx = Context(config=config, make_model=make_model, loss_fn=loss_fn or default_loss,
+                  make_optimizer=make_optimizer, data=data, user_model=model is not None,
+                  budget=Budget(budget_s), seed=config.seed,
+                  run=Path(run) if run is not None else None,
+                  augment=augment if augment is not None else getattr(data, "augment", None))
+    if model is None and loss_fn is None:  # the built-in model trains with train's own loss
+        ctx.loss_fn = RunLoss(config.train.class_weighting, config.train.label_smoothing,
+                              lambda: run_class_weights(ctx))
+    return ctx
+
+
+def run_class_weights(ctx: Context) -> torch.Tensor | None:
+    """The class weights `train` gives the loss under `class_weighting: balanced`: the same
+    function (`data.datamodule.class_weights`, scikit-learn's n / (k * count)) on the labels of
+    the training split; None without data."""
+    from clipdoctor.data.datamodule import class_weights
+
+    if ctx.data is None:
+        return None
+    labels = [s.label for s in samples(ctx) if s.split == "train"]
+    if not labels:
+        return None
+    return class_weights(labels, len(data_classes(ctx)))
 
 
 def _public(value: Any) -> Any:
@@ -221,4 +243,4 @@ def diagnose(data: Any = None, *, config: RunConfig | None = None, model: nn.Mod
     return Report(findings=findings, probes=public, dataset=dataset, model=model_info,
                   skipped=skipped, skipped_probes=skipped_probes(probes, selected),
                   failures=failed_probes(probes, selected) + failures,
-                  wall_s=time.perf_counter() - started)
+                  wall_s=time.perf_counter() - started, probe_seconds=dict(probes.seconds))

@@ -51,6 +51,18 @@ def verdict(report: Report) -> str:
     return f"no errors or warnings: nothing found that keeps the loss high{tail}"
 
 
+def slowest_probes(report: Report, n: int = 5) -> str:
+    """The probes that took longest, "short_run 12.3 s, lr_range 4.1 s, ...", with the share
+    of the wall time all probes took."""
+    seconds = getattr(report, "probe_seconds", None) or {}
+    if not seconds:
+        return ""
+    top = sorted(seconds.items(), key=lambda kv: -kv[1])[:n]
+    total = sum(seconds.values())
+    return (", ".join(f"{name} {s:.1f} s" for name, s in top)
+            + (f" (all {len(seconds)} probes: {total:.1f} s)" if len(seconds) > n else ""))
+
+
 def run_facts(report: Report) -> dict[str, Any]:
     """Dataset root, clips, classes, wall time and budget, each only when known."""
     d = report.dataset or {}

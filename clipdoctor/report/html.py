@@ -36,7 +36,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from clipdoctor.doctor.findings import Report
 from clipdoctor.doctor.probes.results import GradStats, LRRange, OverfitBatch, Result, ShortRun
 from clipdoctor.report import plots
-from clipdoctor.report.format import fmt_number, run_facts, severity_counts, verdict
+from clipdoctor.report.format import (fmt_number, run_facts, severity_counts, slowest_probes,
+                                      verdict)
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def report_json(report: Report) -> str:
                     probes=_public(report.probes), dataset=_public(report.dataset),
                     model=_public(report.model), skipped=report.skipped,
                     skipped_probes=report.skipped_probes, failures=report.failures,
-                    wall_s=report.wall_s)
+                    wall_s=report.wall_s, probe_seconds=report.probe_seconds)
     text = json.dumps(public.to_dict(), ensure_ascii=False, default=str)
     # "<" never occurs outside strings in JSON; as \u003c no "</script>" or "<!--" can close
     # the element early. > and & likewise, for parsers that look for them.
@@ -340,6 +341,8 @@ def context(report: Report) -> dict:
     measurements = [(str(name), node(v if isinstance(v, dict) else {"value": v}))
                     for name, v in (report.probes or {}).items()]
     facts = run_facts(report)
+    if slowest_probes(report):
+        facts["slowest probes"] = slowest_probes(report)
     return {
         "verdict": verdict(report),
         "worst": report.worst() or "none",

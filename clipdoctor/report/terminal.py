@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from clipdoctor.report.format import fmt_number, run_facts, verdict
+from clipdoctor.report.format import fmt_number, run_facts, slowest_probes, verdict
 
 if TYPE_CHECKING:
     from clipdoctor.doctor.findings import Report
@@ -164,6 +164,9 @@ def print_report(report: "Report", console: Console | None = None) -> None:
                                    f"(checks not run: {stopped})", style="red"))
             else:
                 console.print(Text(f"  {s.get('name', '?')}: {s.get('error', '')}", style="red"))
+    slowest = slowest_probes(report)
+    if slowest:
+        console.print(Text(f"time per probe: {slowest}", style="dim"))
     worst = report.worst() if report.worst() in ("error", "warning") else None
     console.print(Text(verdict(report), style=_VERDICT_STYLE[worst]))
 

@@ -39,7 +39,8 @@ def _plan(report) -> dict:
     p = report.probes
     return {"training_data": {k: p["training_data"][k]
                               for k in ("train_clips", "val_clips", "step_s")},
-            "lr_range": p["lr_range"]["planned_steps"] if "lr_range" in p else None,
+            "lr_range": ({k: p["lr_range"][k] for k in ("planned_steps", "steps")}
+                         if "lr_range" in p else None),
             "overfit_batch": p["overfit_batch"]["steps"] if "overfit_batch" in p else None,
             "short_run": ({k: p["short_run"][k] for k in ("planned_epochs", "steps")}
                           if "short_run" in p else None),

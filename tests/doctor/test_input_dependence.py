@@ -391,3 +391,18 @@ def test_user_datasets_feed_the_input_dependence_probe():
         assert ("output-ignores-input" in report.codes()) == blind, report.findings
         d = report.probes["input_dependence"]
         assert d["input"] == "clips" and d["other_class_pairs"] == d["clips"]
+
+
+def test_clips_mixing_across_the_batch_are_not_an_ignored_input():
+    """A (B*T) -> (T, B) view mixes clips: reordering the batch moves a clip's logits far above
+    rounding (bench: 8.1e-2 at logits of ~0.5), which is input dependence, not a noise floor."""
+    from clipdoctor.doctor.checks.common import ignores_input
+
+    def stage(change, reorder, scale=0.5):
+        return {"input_change": change, "reorder_noise": reorder, "float_floor": 1e-6 * scale,
+                "noise_floor": max(reorder, 1e-6 * scale), "logit_scale": scale}
+
+    assert not ignores_input({"fresh": stage(7.5e-2, 8.1e-2), "trained": stage(0.16, 8e-2)})
+    assert ignores_input({"fresh": stage(0.0, 0.0)})  # blind: nothing moves at all
+    assert ignores_input({"fresh": stage(2e-6, 1e-7)})  # within ten roundings of the logits
+    assert not ignores_input({"fresh": stage(1e-2, 0.0)})  # a real dependence

@@ -365,6 +365,19 @@ def test_blank_clips_from_the_frames():
     assert all("black" in c["reason"] for c in report.findings[0].evidence["blank_or_short"])
 
 
+def test_black_clips_normalised_per_channel_are_blank():
+    """A Dataset that returns a black clip for a file it cannot decode, normalised with
+    ImageNet's per-channel mean / std: flat in each channel, not over all three (bench)."""
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    clips, labels = make((12, 12))
+    for i in range(0, 24, 6):
+        clips[i] = ((torch.zeros_like(clips[i]) - mean) / std)
+    report = run(ClipDataset(clips, labels), dataset((3, 3), start=50), checks=["corrupt_clips"])
+    assert codes(report) == {"corrupt-clips": "warning"}
+    assert len(report.findings[0].evidence["blank_or_short"]) >= 4
+
+
 def test_frame_order_corrupted_from_the_frames():
     order = [0, 4, 1, 5, 2, 6, 3, 7]  # frames read out of order
     report = run(dataset((10, 10), order=order), dataset((3, 3), start=50, order=order),

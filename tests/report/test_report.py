@@ -114,7 +114,9 @@ def sample_report(frames: bool = False) -> Report:
                                    "reason": "time budget spent (120 s); raise --budget",
                                    "checks": ["label_noise"]}],
                   failures=[{"name": "leakage", "error": "ValueError: boom [bold]x[/bold]"}],
-                  wall_s=42.5)
+                  wall_s=42.5, probe_seconds={"dataset": 0.4, "short_run": 21.3, "lr_range": 6.5,
+                                              "grad_stats": 1.0, "behaviour": 0.2,
+                                              "clip_scan": 2.0, "overfit_batch": 5.0})
 
 
 def embedded_json(page: str) -> dict:
@@ -157,6 +159,8 @@ def test_terminal_lists_findings_most_severe_first_with_verdict():
     assert "label_noise (label_issues): time budget spent" in out and "leakage: ValueError" in out
     assert "not measured (1):" in out and "label_issues: time budget spent" in out
     assert "/data/clips [bold]raw[/bold]" in out and "clips: 99" in out and "42.5 s" in out
+    assert ("time per probe: short_run 21.3 s, lr_range 6.5 s, overfit_batch 5.0 s, "
+            "clip_scan 2.0 s, grad_stats 1.0 s (all 7 probes: 36.4 s)") in out
 
 
 def test_terminal_prints_data_literally():
@@ -200,6 +204,8 @@ def test_html_has_every_finding_anchor_and_escapes_data(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "日本" in page
     assert 'id="skipped-probes"' in page and "<code>label_issues</code>" in page
+    assert "slowest probes: <b>short_run 21.3 s, lr_range 6.5 s" in page
+    assert embedded_json(page)["probe_seconds"]["short_run"] == 21.3
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # atomic: no temp file left
 
 

@@ -570,8 +570,11 @@ def augmentation_strength(probes: Probes) -> list[Finding]:
     short-run model trained with the augmentation."""
     pairs, k = _augmentation_pairs(probes)
     ln_k = lnk(k)
+    # the ratio is taken above the loss's floor: label smoothing keeps even a memorised clip's
+    # loss above 0 (`loss_floor` of the training probes; 0 without smoothing)
+    floor = (get(probes, "training_data", optional=True) or {}).get("loss_floor") or 0.0
     hits = [(how, a, c) for how, a, c, need in pairs
-            if a >= AUG_RATIO * c and a - c >= need * ln_k]
+            if a - floor >= AUG_RATIO * (c - floor) and a - c >= need * ln_k]
     if not hits:
         return []
     how, a, c = max(hits, key=lambda h: h[1] - h[2])
@@ -579,7 +582,8 @@ def augmentation_strength(probes: Probes) -> list[Finding]:
         "augmentation-too-strong", "warning",
         f"Loss on augmented clips is {a:.2f} against {c:.2f} on the same clips unaugmented ({how})",
         {"comparisons": [{"how": h, "augmented": x, "clean": y, "min_gap_lnk": n}
-                         for h, x, y, n in pairs], "ln_k": ln_k, "ratio": AUG_RATIO},
+                         for h, x, y, n in pairs], "ln_k": ln_k, "ratio": AUG_RATIO,
+         "loss_floor": floor},
         "Augment less: a larger crop area (--scale 0.6 1.0), small rotations (--degrees 5), "
         "little hue change (--hue 0.02).",
         effect=min(2.0, (a - c) / ln_k))]

@@ -401,7 +401,8 @@ def init_loss(probes: Probes) -> list[Finding]:
     if "error" in r:
         return []  # the loss cannot run: loss-output-mismatch says why
     K, loss, ratio = r["classes"], r["loss"], r.get("ratio")
-    ev = {"loss": loss, "ln_k": r["ln_k"], "ratio": ratio, "ratio_threshold": INIT_LOSS_RATIO,
+    ev = {"loss": loss, "ln_k": r["ln_k"], "uniform_loss": r.get("uniform_loss"), "ratio": ratio,
+          "ratio_threshold": INIT_LOSS_RATIO,
           "mean_max_prob": r.get("mean_max_prob"), "max_prob_threshold": INIT_MAX_PROB,
           "top_class_share": r.get("top_class_share"), "logit_std": r.get("logit_std"),
           "clips": r.get("clips")}
@@ -410,15 +411,20 @@ def init_loss(probes: Probes) -> list[Finding]:
     peaked = K > 1 and (r.get("mean_max_prob") or 0) > INIT_MAX_PROB
     if finite and not high and not peaked:
         return []
+    # the reference is a uniform guess's loss: ln K, measured with the run's loss when it
+    # weights classes or smooths labels (`uniform_loss`, about ln K)
+    uniform = r.get("uniform_loss") or r["ln_k"]
+    ref = (f"ln({K}) = {r['ln_k']:.2f}" if abs(uniform - r["ln_k"]) < 0.005 else
+           f"a uniform guess's {uniform:.2f} (ln({K}) = {r['ln_k']:.2f})")
     title = (f"Loss at initialisation is not finite ({loss})" if not finite else
-             f"Loss at initialisation is {loss:.2f}, {ratio:.1f}x ln({K}) = {r['ln_k']:.2f}"
+             f"Loss at initialisation is {loss:.2f}, {ratio:.1f}x {ref}"
              if high else f"First predictions are already confident (mean top probability "
              f"{r['mean_max_prob']:.2f} for {K} classes)")
     return [Finding(
         "bad-init-loss", "warning", title, ev,
         "Start from near-uniform predictions: initialise the last layer small (e.g. "
         "nn.init.zeros_ on its bias, std 0.01 on its weight) and check the input scale "
-        "(normalised clips, no 0-255 values).", (loss - r["ln_k"]) if finite else 10.0)]
+        "(normalised clips, no 0-255 values).", (loss - uniform) if finite else 10.0)]
 
 
 # ==== does the output depend on the input at all ==============================================

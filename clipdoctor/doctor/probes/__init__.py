@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +62,114 @@ def default_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, y)
 
 
-# The wall clock stops a probe at SAFETY x its plan, a diagnosis at SAFETY x its budget: a
-# plan is within ~2x of an idle reference machine (`cost.py`), a machine whose cores are all
-# taken by another process runs 2x slower again, and neither may change a verdict.
-SAFETY = 5.0
+class RunLoss:
+    """The built-in model's loss in the doctor: `train`'s own (`training.module.clip_loss`:
+    cross-entropy with the run's class weights and label smoothing). The class weights are
+    those `train` computes (`data.datamodule.class_weights` of the training split's labels,
+    under `class_weighting: balanced`), fetched by `weights()` at the first call: the data is
+    only read (decoded) when a probe needs the loss."""
+
+    def __init__(self, class_weighting: str, label_smoothing: float,
+                 weights: Callable[[], torch.Tensor | None]) -> None:
+        self.class_weighting = class_weighting
+        self.label_smoothing = float(label_smoothing)
+        self._weights = weights
+        self._resolved = False
+        self._class_weights: torch.Tensor | None = None
+
+    @property
+    def class_weights(self) -> torch.Tensor | None:
+        """The class weights the loss applies (None: unweighted)."""
+        if not self._resolved:
+            if self.class_weighting == "balanced":
+                self._class_weights = self._weights()
+            self._resolved = True
+        return self._class_weights
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from clipdoctor.training.module import clip_loss
+
+        w = self.class_weights
+        if w is not None and w.device != logits.device:
+            w = w.to(logits.device)
+        return clip_loss(w, self.label_smoothing)(logits, y)
+
+    def describe(self) -> str:
+        """The loss as the report names it."""
+        how = {"balanced": "balanced class weights",
+               "sampler": "unweighted; train balances classes with its sampler"}.get(
+                   self.class_weighting, "unweighted")
+        smoothing = f", label smoothing {self.label_smoothing:g}" if self.label_smoothing else ""
+        return f"cross_entropy ({how}{smoothing}; train's loss)"
+
+
+def _cross_entropy_terms(fn: Callable) -> tuple[torch.Tensor | None, float] | None:
+    """(class weights, label smoothing) of a loss known to be cross-entropy on logits (the
+    run's, clipdoctor's default, an nn.CrossEntropyLoss or a partial of F.cross_entropy);
+    None for any other loss."""
+    import functools
+
+    F = torch.nn.functional
+    if isinstance(fn, RunLoss):
+        return fn.class_weights, fn.label_smoothing
+    if fn is default_loss or fn is F.cross_entropy:
+        return None, 0.0
+    if isinstance(fn, nn.CrossEntropyLoss):
+        return fn.weight, float(fn.label_smoothing)
+    if isinstance(fn, functools.partial) and fn.func is F.cross_entropy and not fn.args:
+        return fn.keywords.get("weight"), float(fn.keywords.get("label_smoothing", 0.0))
+    return None
+
+
+def loss_floor(loss_fn: Callable, y: torch.Tensor, k: int) -> float:
+    """The lowest value `loss_fn` can take on labels `y` over `k` classes: 0 for cross-entropy,
+    above 0 with label smoothing (the entropy of the smoothed targets; with class weights,
+    PyTorch weights the smoothing term per class). Measured with the loss itself at its
+    minimiser (per clip, p_c proportional to (1 - e) w_y [c = y] + e w_c / k). 0 for a loss
+    that is not a known cross-entropy."""
+    terms = _cross_entropy_terms(loss_fn)
+    if terms is None or not terms[1] or len(y) == 0:
+        return 0.0
+    weight, eps = terms
+    try:
+        w = torch.ones(k) if weight is None else weight.detach().float().cpu()
+        y = y.long().cpu()
+        t = eps / k * w.expand(len(y), k).clone()
+        t[torch.arange(len(y)), y] += (1 - eps) * w[y]
+        with torch.no_grad():
+            value = float(loss_fn(t.clamp_min(1e-12).log(), y))
+    except Exception:  # noqa: BLE001 — labels or weights that do not fit k: no floor known
+        return 0.0
+    return value if math.isfinite(value) else 0.0
+
+
+def uniform_loss(loss_fn: Callable, y: torch.Tensor, k: int) -> float | None:
+    """The loss of a uniform guess (equal logits) on labels `y`: ln k for cross-entropy, with
+    or without class weights or label smoothing (about ln k when both); None for a loss that
+    is not a known cross-entropy (it may not take logits)."""
+    if _cross_entropy_terms(loss_fn) is None or len(y) == 0:
+        return None
+    try:
+        with torch.no_grad():
+            value = float(loss_fn(torch.zeros(len(y), k), y.long().cpu()))
+    except Exception:  # noqa: BLE001 — labels or weights that do not fit k
+        return None
+    return value if math.isfinite(value) else None
+
+
+# The guard stops a probe at SAFETY x its plan, a diagnosis at SAFETY x its budget, both on
+# the work clock below: a plan is within ~2x of an idle reference machine (`cost.py`), and
+# torch's threads waiting on each other on an oversubscribed machine count as work (measured
+# beside other jobs: 3x the plan's CPU time for a 15 s budget).
+SAFETY = 10.0
+
+
+def work_clock() -> float:
+    """Seconds of work done by this process: its CPU time over torch's threads. Another job
+    on the same cores makes the wall clock run on (measured: a 15 s diagnosis went from 6.5 s
+    to over 75 s beside two busy loops on 2 cores, torch's threads waiting on each other) but
+    not this one, so the guards that use it do not cut a probe short on a busy machine."""
+    return time.process_time() / max(1, torch.get_num_threads())
 
 
 class Budget:
@@ -75,13 +180,13 @@ class Budget:
 
     What a probe with a share leaves unspent (it was skipped, failed, or needed less; it says
     so with `charge()`) goes to the probes with a share still to run, in proportion to their
-    shares, so the budget is spent before a probe is skipped for lack of it. The wall clock
-    only guards against a plan far off: `remaining()` (used for probes' minimum times and as
-    their safety deadlines) allows SAFETY x the budget."""
+    shares, so the budget is spent before a probe is skipped for lack of it. The work clock
+    (`work_clock`) only guards against a plan far off: `remaining()` (used for probes' minimum
+    times) allows SAFETY x the budget, and the probes' own guards SAFETY x their plan."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = float(seconds)
-        self.started = time.perf_counter()
+        self.started = work_clock()
         self.share_scale = 1.0  # set by plan(): every declared share times this
         self.pending = {name for name, spec in PROBES.items() if spec.share}  # not run yet
         self.granted: dict[str, float] = {}  # allowance given to each probe that asked
@@ -128,10 +233,11 @@ class Budget:
             self.charged[name] = self.granted[name] if measured else 0.0
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        """Seconds of work (`work_clock`) since the diagnosis started."""
+        return work_clock() - self.started
 
     def remaining(self) -> float:
-        """Wall-clock seconds left before the safety stop (SAFETY x the budget)."""
+        """Seconds of work left before the safety stop (SAFETY x the budget)."""
         return max(0.0, SAFETY * self.seconds - self.elapsed())
 
     def scale(self, full: int, minimum: int = 1) -> int:
@@ -245,8 +351,8 @@ class Probes:
             self.skipped[name] = (
                 f"time budget {budget.seconds:g} s is below the {spec.min_s:g} s '{name}' "
                 "needs at least (raise --budget)" if budget.seconds < spec.min_s else
-                f"the diagnosis ran {SAFETY:g}x over its time budget ({budget.seconds:g} s) "
-                f"on this machine; '{name}' needs about {spec.min_s:g} s more (raise --budget)")
+                f"the diagnosis did {SAFETY:g}x the work its time budget ({budget.seconds:g} s) "
+                f"planned; '{name}' needs about {spec.min_s:g} s more (raise --budget)")
             budget.finished(name, measured=False)
             return
         started = time.perf_counter()

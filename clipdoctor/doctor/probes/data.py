@@ -26,8 +26,8 @@ from torch import nn
 
 from clipdoctor.data.sources import SPLITS
 from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, _is_index, _need_index,
-                                        base_model, clip_batch, datamodule, default_loss,
-                                        is_user_data, need_data, pick, probe)
+                                        RunLoss, base_model, clip_batch, datamodule,
+                                        default_loss, is_user_data, need_data, pick, probe)
 from clipdoctor.doctor.probes.clip_scan import SCAN_SIDE
 
 
@@ -46,13 +46,15 @@ def loss_weighting(ctx: Context) -> tuple[str, str, str]:
     """(weighting, source, loss name): how the loss used in training weights classes.
 
     weighting is 'balanced' / 'sampler' / 'none' from the run config for the built-in model
-    with its own loss, 'loss' / 'none' for a cross-entropy (module or partial) whose `weight`
-    is or is not class-dependent, and 'unknown' for any other callable: it is not guessed."""
+    with `train`'s loss (`RunLoss`: the probes train with the class weights it applies under
+    'balanced'; 'sampler' is how `train` samples batches), 'loss' / 'none' for a
+    cross-entropy (module or partial) whose `weight` is or is not class-dependent, and
+    'unknown' for any other callable: it is not guessed."""
     fn = ctx.loss_fn
+    if isinstance(fn, RunLoss):
+        return fn.class_weighting, "config", fn.describe()
     if fn is None or fn is default_loss:
-        if ctx.user_model:
-            return "none", "default-loss", "cross_entropy (clipdoctor default, unweighted)"
-        return ctx.config.train.class_weighting, "config", "cross_entropy (train.class_weighting)"
+        return "none", "default-loss", "cross_entropy (clipdoctor default, unweighted)"
     if isinstance(fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
         return ("loss" if _weighted_tensor(fn.weight) else "none"), "loss_fn", type(fn).__name__
     if isinstance(fn, functools.partial) and fn.func in (F.cross_entropy, F.nll_loss):

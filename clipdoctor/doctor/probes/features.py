@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipdoctor.data.sources import SPLITS, Sample
-from clipdoctor.doctor.probes import (SAFETY, Context, Probes, ProbeSkipped, _need_index,
+from clipdoctor.doctor.probes import (SAFETY, Context, work_clock, Probes, ProbeSkipped, _need_index,
                                         base_model, clip_batch, is_user_data, need_data, pick,
                                         probe, samples)
 from clipdoctor.doctor.probes.cost import forward_flops, nominal_forward_s
@@ -91,7 +91,7 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
     was_training = backbone.training
     backbone.eval()
     grids, gaps, used = [], [], []
-    started, batch = time.perf_counter(), 8
+    started, batch = work_clock(), 8
     try:
         for i in range(0, len(chosen), batch):
             part = chosen[i:i + batch]
@@ -106,7 +106,7 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
             grids.append(grid)
             gaps.append(gap)
             used.extend(part)
-            if len(used) >= most or time.perf_counter() - started > SAFETY * allowed:
+            if len(used) >= most or work_clock() - started > SAFETY * allowed:
                 log.info("clip_features: budget reached after %d of %d clips", len(used),
                          len(chosen))
                 break

@@ -9,7 +9,7 @@ import time
 import numpy as np
 from torch import Tensor
 
-from clipdoctor.doctor.probes import SAFETY, Context, Probes, probe
+from clipdoctor.doctor.probes import SAFETY, Context, Probes, probe, work_clock
 from clipdoctor.doctor.probes.results import LRRange
 from clipdoctor.doctor.probes.training import SHARE, _batches, _fresh_run, _train_step
 
@@ -58,11 +58,11 @@ def lr_range(ctx: Context, probes: Probes) -> LRRange:
     config_lr = base[0]
     lrs = np.geomspace(LR_START, LR_END, steps).tolist()
     beta = LR_BETA ** (LR_STEPS / steps)
-    deadline = time.perf_counter() + SAFETY * allowance  # the plan decides; this is a guard
+    deadline = work_clock() + SAFETY * allowance  # the plan decides; this is a guard
     batches: list[Tensor] = []
     raw, smooth, avg, best, stopped = [], [], 0.0, math.inf, "end"
     for i, lr in enumerate(lrs):
-        if time.perf_counter() > deadline:
+        if work_clock() > deadline:
             stopped = "budget"
             break
         for g, b in zip(opt.param_groups, base):

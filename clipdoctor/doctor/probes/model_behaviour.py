@@ -24,8 +24,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, clip_batch, datamodule,
-                                        pick, probe, samples)
+from clipdoctor.doctor.probes import (Context, Probes, work_clock, ProbeSkipped, clip_batch, datamodule,
+                                        pick, probe, samples, uniform_loss)
 from clipdoctor.doctor.probes.model import (LENGTH_NAMES, _frozen_bns, _num_classes,
                                               _takes_lengths, trained_parameters)
 
@@ -347,8 +347,14 @@ def loss_at_init(ctx: Context, probes: Probes) -> dict:
     p = o if kind["probabilities"] else o.softmax(-1)
     top = p.argmax(-1)
     loss = sum(losses) / len(o)
-    return {"loss": loss, "ln_k": math.log(K), "classes": K, "ratio": loss / math.log(K) if K > 1
-            else None, "clips": len(o), "mean_max_prob": float(p.max(-1).values.mean()),
+    # a uniform guess's loss: ln K for cross-entropy, with class weights or label smoothing
+    # too (about ln K with both: PyTorch weights the smoothing term per class); measured with
+    # the loss itself when it is a known cross-entropy, the reference of `ratio`
+    uniform = uniform_loss(ctx.loss_fn, y[:len(o)], int(o.shape[-1])) if o.ndim == 2 else None
+    ref = uniform if uniform and uniform > 0 else math.log(K)
+    return {"loss": loss, "ln_k": math.log(K), "uniform_loss": uniform, "classes": K,
+            "ratio": loss / ref if K > 1 else None, "clips": len(o),
+            "mean_max_prob": float(p.max(-1).values.mean()),
             "top_class_share": float(torch.bincount(top).max()) / len(top),
             "logit_std": float(o.std()), "finite": kind["finite"]}
 
@@ -513,10 +519,10 @@ def _train_a_little(ctx: Context, model: nn.Module, x: Tensor, y: Tensor
     torch.manual_seed(ctx.seed)
     model.train()
     steps = 0
-    deadline = time.perf_counter() + max(2.0, CONFIRM_SHARE * ctx.budget.seconds)
+    deadline = work_clock() + max(2.0, CONFIRM_SHARE * ctx.budget.seconds)
     try:
         for _ in range(CONFIRM_STEPS):
-            if steps and time.perf_counter() > deadline:
+            if steps and work_clock() > deadline:
                 return steps, f"stopped after {steps} steps: the time for this check was spent"
             opt.zero_grad(set_to_none=True)
             loss = ctx.loss_fn(model(x), y)

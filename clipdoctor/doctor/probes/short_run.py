@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import SAFETY, Context, Probes, base_model, probe
+from clipdoctor.doctor.probes import SAFETY, Context, Probes, base_model, probe, work_clock
 from clipdoctor.doctor.probes.cost import load_s
 from clipdoctor.doctor.probes.results import (AugmentationGap, Curves, NonFiniteLoss,
                                                 ShortRun, Skipped)
@@ -20,18 +21,33 @@ from clipdoctor.doctor.probes.training import (SHARE, SHORT_MAIN_SHARE, SHORT_MI
                                                  _augmented, _augments, _batches, _clip_value,
                                                  _has_dropout, _hist, _logits, _no_dropout,
                                                  _optimizer, _score, _train_step)
+from clipdoctor.training.module import make_schedule, warmup_schedule
 
 SHORT_MAX_EPOCHS = 30  # more epochs are not needed to show a trend ...
 JUDGED_STEPS = 100  # ... unless they are too few steps for a verdict: the most optimizer steps a
 # check declares (`@check(min_steps=...)`: prediction-collapse's 100; a test keeps them in step),
 # so small data runs up to this many steps when the budget allows
 VARIANT_TRIGGER = 0.5  # the unregularised variant runs only if the train loss ends above 0.5 ln K
+# (measured from the loss's floor: above 0 with label smoothing)
+
+
+def _schedule(ctx: Context, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
+    """The LR multiplier per step of a run of `epochs` epochs: for the built-in model `train`'s
+    own schedule (`training.module.make_schedule`: warm-up, then cosine / one-cycle / constant)
+    of a run of that length; for a user's model, whose schedule is unknown, a linear warm-up
+    over the first epoch when the config warms up, then constant."""
+    t = ctx.config.train
+    if ctx.user_model:
+        warm = round(min(t.warmup_epochs, 1.0) * steps_per_epoch)
+        return warmup_schedule("constant", warm, epochs * steps_per_epoch)
+    return make_schedule(t, steps_per_epoch, epochs)
 
 
 def _fit(ctx: Context, d: dict, epochs: int, deadline: float, *, augment: bool,
-         regularize: bool) -> tuple[Curves, nn.Module, Tensor]:
-    """A few epochs on the training subset at the config's LR (linear warm-up over the first
-    epoch when the config warms up, then constant), validation after each epoch -> (curves,
+         regularize: bool, schedule_epochs: int | None = None
+         ) -> tuple[Curves, nn.Module, Tensor]:
+    """A few epochs on the training subset at the config's LR, following `_schedule` for a run
+    of `schedule_epochs` (default `epochs`) epochs, validation after each epoch -> (curves,
     the trained model, the last epoch's training inputs)."""
     cached, bs, k = d["cached"], d["batch_size"], d["classes"]
     x_tr, y_tr, x_va, y_va = d["_x_train"], d["_y_train"], d["_x_val"], d["_y_val"]
@@ -41,19 +57,18 @@ def _fit(ctx: Context, d: dict, epochs: int, deadline: float, *, augment: bool,
         _no_dropout(model)
     opt = _optimizer(ctx, model, weight_decay=regularize)
     base = [g["lr"] for g in opt.param_groups]
-    warm = round(min(ctx.config.train.warmup_epochs, 1.0) * len(_batches(len(y_tr), bs, 0)))
+    factor = _schedule(ctx, len(_batches(len(y_tr), bs, 0)), schedule_epochs or epochs)
     rec: dict[str, list] = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": [],
                             "step_losses": [], "epoch_s": []}
     nonfinite, step, stopped, xs, val_logits = None, 0, "end", x_tr, None
     for epoch in range(epochs):
-        started = time.perf_counter()
+        started, work = time.perf_counter(), work_clock()
         xs = _augmented(ctx, d["_train_samples"], ctx.seed * 1000 + epoch + 1) if augment else x_tr
         model.train()
         losses, correct, seen = [], 0, 0
         for idx in _batches(len(y_tr), bs, ctx.seed + epoch):
-            factor = (step + 1) / (warm + 1) if step < warm else 1.0
             for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * factor
+                g["lr"] = b * factor(step)
             loss, _, logits = _train_step(model, opt, xs[idx], y_tr[idx], ctx.loss_fn, cached,
                                           _clip_value(ctx))
             step += 1
@@ -74,7 +89,7 @@ def _fit(ctx: Context, d: dict, epochs: int, deadline: float, *, augment: bool,
         rec["val_loss"].append(vl)
         rec["val_acc"].append(va)
         rec["epoch_s"].append(time.perf_counter() - started)
-        if epoch + 1 < epochs and time.perf_counter() + rec["epoch_s"][-1] > deadline:
+        if epoch + 1 < epochs and 2 * work_clock() - work > deadline:  # another epoch: past it
             stopped = "budget"
             break
     curves = Curves(**rec, epochs=len(rec["train_loss"]), planned_epochs=epochs, stopped=stopped,
@@ -139,14 +154,15 @@ def _unregularized(ctx: Context, d: dict, main: Curves, left: float, weight_deca
     tr = main.train_loss
     if main.nonfinite is not None or not tr:
         return Skipped(skipped="the short run did not finish an epoch")
-    if tr[-1] <= VARIANT_TRIGGER * math.log(max(2, d["classes"])):
+    floor = d.get("loss_floor", 0.0)  # above 0 with label smoothing
+    if tr[-1] <= floor + VARIANT_TRIGGER * (math.log(max(2, d["classes"])) - floor):
         return Skipped(skipped=f"the train loss is already low ({tr[-1]:.2f})")
     epochs = min(main.epochs, int(left / _epoch_s(d, main.augmented)))
     if epochs < SHORT_MIN_EPOCHS:
         return Skipped(skipped=f"no budget left for {SHORT_MIN_EPOCHS} more epochs "
                                "(raise --budget)")
-    return _fit(ctx, d, epochs, time.perf_counter() + SAFETY * left, augment=main.augmented,
-                regularize=False)[0]
+    return _fit(ctx, d, epochs, work_clock() + SAFETY * left, augment=main.augmented,
+                regularize=False, schedule_epochs=main.planned_epochs)[0]  # the main run's LRs
 
 
 @probe("short_run", min_s=5.0, share=SHARE["short_run"], needs=("training_data",))
@@ -154,7 +170,7 @@ def short_run(ctx: Context, probes: Probes) -> ShortRun:
     """A short training run at the config's LR and augmentation; the final model is kept
     (`model`, not in the JSON) for the temporal probes."""
     d = probes.get("training_data")
-    started = time.perf_counter()
+    started = work_clock()
     allowance = ctx.budget.allowance("short_run")
     augment = not d["cached"]  # stage 1 trains on the unaugmented view of cached features
     epochs = _plan_epochs(ctx, d, allowance, augment)

@@ -10,13 +10,16 @@ each probe that trains has a module of its own beside it:
 - `grad_stats.py`: per-layer gradient norms, zero ReLU outputs and saturated tanh / sigmoid
   inputs over a few steps at the config's LR (AUTOTRAINER, DeepDiagnosis); the first
   non-finite value.
-- `short_run.py`: a few epochs at the config's LR and augmentation: loss curves, validation
+- `short_run.py`: a few epochs at the config's LR (the built-in model: `train`'s schedule
+  for a run of that length) and augmentation: loss curves, validation
   predictions, the loss on augmented vs clean clips, and the same run without weight decay /
   dropout when the budget allows and the train loss stays high.
 - `temporal_eval.py`: the short-run model on validation clips as they are, with their frames
   shuffled, and with one frame repeated T times.
 
-Every run starts from `ctx.make_model()` seeded with `ctx.seed`. Sizes follow the budget: each
+Every run starts from `ctx.make_model()` seeded with `ctx.seed`. The built-in model trains
+with `train`'s own loss and optimizer (`ctx.loss_fn`, `ctx.make_optimizer`: class weights,
+label smoothing, AdamW's parameter groups; `runner.build_context`). Sizes follow the budget: each
 probe may spend its `SHARE` of it (as planned by `Budget.plan` for the checks that run) and
 shrinks (fewer clips, steps or epochs) rather than overrun; its value says how much it ran.
 `lr_range`, `overfit_batch`, `grad_stats` and `short_run` return typed results (`results.py`).
@@ -33,8 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import (SAFETY, Context, Probes, ProbeSkipped, base_model,
-                                        clip_batch, data_classes, pick, probe, samples)
+from clipdoctor.doctor.probes import (SAFETY, Context, work_clock, Probes, ProbeSkipped, base_model,
+                                        clip_batch, data_classes, loss_floor, pick, probe,
+                                        samples)
 from clipdoctor.doctor.probes.cost import (forward_flops, nominal_forward_s, nominal_seconds,
                                            step_flops)
 
@@ -243,7 +247,7 @@ def _features(ctx: Context, samples: list, deadline: float) -> tuple[Tensor, Ten
     model.eval()
     feats, labels = [], []
     for i in range(0, len(samples), 16):
-        if feats and time.perf_counter() > deadline:
+        if feats and work_clock() > deadline:
             break
         x, y = clip_batch(ctx, samples[i:i + 16], seed=ctx.seed)
         feats.append(model.frozen_features(x).float())
@@ -278,7 +282,7 @@ def _feature_material(ctx: Context, train: list, val: list, allowance: float
     if fit < 1:
         train = train[:max(16, int(len(train) * fit))]  # prefixes stay stratified
         val = val[:max(8, int(len(val) * fit))]
-    started = time.perf_counter()
+    started = work_clock()
     share = len(train) / (len(train) + len(val))
     x_tr, y_tr = _features(ctx, train, started + SAFETY * share * allowance)
     x_va, y_va = _features(ctx, val, started + SAFETY * allowance)
@@ -324,6 +328,7 @@ def training_data(ctx: Context, probes: Probes) -> dict:
         "cached": cached, "train_clips": len(y_tr), "val_clips": len(y_va),
         "val_held_out": held_out, "train_total": total, "classes": k, "batch_size": bs,
         "step_s": step_s, "step_s_measured": round(measured, 4),
+        "loss_floor": loss_floor(ctx.loss_fn, y_tr, k),  # the loss's lowest value (smoothing)
         "input_shape": list(x_tr.shape[1:]),
         "train_counts": _hist(y_tr, k), "val_counts": _hist(y_va, k),
         "_x_train": x_tr, "_y_train": y_tr, "_x_val": x_va, "_y_val": y_va,
