@@ -210,15 +210,23 @@ class Budget:
         """Seconds of the whole budget for the probes with a share."""
         return sum(spec.share for spec in PROBES.values()) * self.seconds
 
-    def allowance(self, name: str) -> float:
+    def allowance(self, name: str, minimum: float = 0.0) -> float:
         """Seconds probe `name` may spend: of the pool not yet committed (granted to running
         probes, spent by finished ones), its part by shares among the probes still to run.
-        With nothing left unspent that is its planned share. Fixed at the first ask."""
+        With nothing left unspent that is its planned share. A probe that cannot run below
+        `minimum` seconds gets them when the pool still holds them and half the planned
+        shares of the probes after it (the budget is spent before anything is skipped for
+        lack of it). Fixed at the first ask."""
         if name not in self.granted:
             committed = sum(self.charged.get(n, g) for n, g in self.granted.items())
             waiting = {n for n in self.pending if n not in self.granted} | {name}
             weight = sum(self.share(n) for n in waiting)
-            self.granted[name] = max(0.0, self.pool() - committed) * self.share(name) / weight
+            left = max(0.0, self.pool() - committed)
+            granted = left * self.share(name) / weight
+            later = sum(self.share(n) for n in waiting if n != name) * self.seconds / 2
+            if granted < minimum <= left - later:
+                granted = minimum
+            self.granted[name] = granted
         return self.granted[name]
 
     def charge(self, name: str, seconds: float) -> None:

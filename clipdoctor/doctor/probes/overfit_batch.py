@@ -89,7 +89,7 @@ def overfit_batch(ctx: Context, probes: Probes) -> OverfitBatch:
     x, y = d["_x_train"][:n], d["_y_train"][:n]  # round-robin over classes: stratified
     step_s = d["step_s"] * max(1.0, n / d["batch_size"])
     started = work_clock()
-    allowance = ctx.budget.allowance("overfit_batch")
+    allowance = ctx.budget.allowance("overfit_batch", minimum=20 * step_s * 1.001)
     if allowance < 20 * step_s:
         raise ProbeSkipped(f"overfitting one batch needs 20+ steps of {step_s:.2f} s; only "
                            f"{allowance:.0f} s are left for it (raise --budget)")

@@ -344,7 +344,7 @@ def _fresh_run(ctx: Context, probes: Probes, name: str, steps: int, minimum: int
     (at most `steps`), ProbeSkipped with `skip` (formatted with n, s, left) when fewer than
     `minimum` fit, then a fresh model and its optimiser -> (data, allowance, steps, model, opt)."""
     d = probes.get("training_data")
-    allowance = ctx.budget.allowance(name)
+    allowance = ctx.budget.allowance(name, minimum=minimum * step_cost * d["step_s"] * 1.001)
     steps = min(steps, int(allowance / (step_cost * d["step_s"])))
     if steps < minimum:
         raise ProbeSkipped(skip.format(n=minimum, s=d["step_s"], left=allowance)
