@@ -55,3 +55,15 @@ def video_factory(tmp_path):
 def _private_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's ~/.cache from tests: each test session gets its own cache."""
     monkeypatch.setenv("CLIPDOCTOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy 2-core machine two threads spin against each other (a
+    step measured 10x slower), which would starve budgeted probes and slow the tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,26 +25,15 @@ from clipdoctor.doctor.probes.model_behaviour import FLOAT_REL
 from clipdoctor.doctor.probes.short_run import JUDGED_STEPS
 from clipdoctor.doctor.registry import CHECKS, check
 from clipdoctor.doctor.runner import diagnose, load_checks, run_checks
+from test_model_checks import FrameCNN  # the same per-frame CNN
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 DOWNSTREAM = ["frame_order", "temporal_gain", "prediction_collapse", "fit_curves"]
 
 
 # ---------------------------------------------------------------------------------------------
 # user-style models: (B, T, C, H, W) float -> (B, K)
-
-class FrameCNN(nn.Module):
-    """Two strided conv blocks with BatchNorm, global average: (N, 3, H, W) -> (N, 16)."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
 
 class UserCNNLSTM(nn.Module):
     """A user's CNN-LSTM read at h_n. `mode`: "ok"; "bias" (the bug: returns a learned bias
@@ -100,13 +89,6 @@ def four():
     return cd.load_dataset(clips(), val_fraction=0.25)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two threads on a busy 2-core machine spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(seed: int = 0) -> RunConfig:

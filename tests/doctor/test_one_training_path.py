@@ -19,6 +19,8 @@ from clipdoctor.doctor.probes.data import loss_weighting
 from clipdoctor.doctor.runner import build_context, diagnose, load_checks
 from clipdoctor.training.module import ClipModule, warmup_schedule
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TINY = {"model.backbone": "test_resnet", "model.pretrained": False, "model.proj_dim": 32,
         "model.hidden": 32, "data.frames": 4, "data.frame_size": 36, "data.size": 32,
         "data.batch_size": 8, "train.epochs": 5, "train.lr": 3e-3}
@@ -43,12 +45,6 @@ def imbalanced():
     return load_dataset(_arrays([36, 18, 9]), val_fraction=0.2, test_fraction=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _train_module(data, config: RunConfig, model) -> ClipModule:

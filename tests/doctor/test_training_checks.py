@@ -24,6 +24,8 @@ from clipdoctor.doctor.probes import Probes
 from clipdoctor.doctor.probes.results import RESULTS, read_result
 from clipdoctor.doctor.runner import diagnose, run_checks
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TRAINING = ["nan_loss", "gradients", "dead_units", "cannot_overfit_batch", "learning_rate",
             "fit_curves", "prediction_collapse", "over_regularized", "augmentation_strength"]
 TEMPORAL = ["frame_order", "temporal_gain"]
@@ -406,14 +408,6 @@ def pair_data(tmp_path_factory):
     return load_source(root, val_fraction=0.25)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy 2-core machine two threads spin against each other (a
-    step measured 10x slower), which would starve the budgeted probes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(**extra) -> RunConfig:

@@ -29,6 +29,8 @@ from clipdoctor.doctor.runner import build_context, diagnose
 from clipdoctor.errors import ClipdoctorError
 from clipdoctor.report.terminal import print_report
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 CLASSES, FRAMES, SIZE = 4, 8, 32
 CONFIG = {"data.frames": FRAMES, "data.frame_size": SIZE, "data.size": SIZE,
           "data.batch_size": 8, "train.lr": 1e-3}
@@ -42,13 +44,6 @@ def config(seed: int = 0) -> RunConfig:
     return with_overrides(RunConfig(), {**CONFIG, "seed": seed})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a busy 2-core machine two threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
