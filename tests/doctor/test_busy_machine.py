@@ -7,9 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from clipdoctor.data.sources import load_source
 from clipdoctor.data.synthetic import generate
@@ -66,3 +71,46 @@ def test_the_same_verdicts_on_an_idle_and_a_busy_machine(data, tmp_path):
     assert _loud(busy) == _loud(idle), why
     assert _plan(busy) == _plan(idle), why
     assert busy.wall_s > 0 and idle.wall_s > 0
+
+
+class CostlyCNNLSTM(nn.Module):
+    """A user's CNN-LSTM whose forward also burns CPU in Python (say, a per-clip loop): its
+    counted cost (`probes/cost.py`, operations) says almost nothing of its time."""
+
+    def __init__(self, burn_s: float) -> None:
+        super().__init__()
+        self.burn_s = burn_s
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.rnn = nn.LSTM(8, 16, batch_first=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        until = time.process_time() + self.burn_s
+        while time.process_time() < until:
+            pass
+        b, t = clips.shape[:2]
+        f = self.conv(clips.flatten(0, 1)).mean((2, 3)).view(b, t, -1)
+        return self.fc(self.rnn(f)[0][:, -1])
+
+
+def test_the_safety_stop_ends_a_diagnosis_whose_model_costs_far_more_than_counted(
+        monkeypatch, tmp_path):
+    """The plan counts operations; the work clock stops every probe at SAFETY x the budget
+    (GUARD_FLOOR_S at the least) after the diagnosis started. Lowered here to 1 x 4 s: the
+    model below burns 0.1 s of CPU a forward, uncounted (unguarded, this diagnosis does 29 s of
+    work; guarded, 8.5 s), so the guard must end it, and the report must say why probes were cut."""
+    import clipdoctor.doctor.probes as probes
+
+    monkeypatch.setattr(probes, "SAFETY", 1.0)
+    monkeypatch.setattr(probes, "GUARD_FLOOR_S", 0.0)
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 6, 3, 24, 24), dtype=np.float32)
+    y = np.repeat(np.arange(4), 8)
+    data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    started = time.process_time()
+    report = diagnose(data, model=CostlyCNNLSTM(0.1), budget_s=4)
+    work = time.process_time() - started
+    cut = [p.get("stopped") for p in report.probes.values() if isinstance(p, dict)]
+    reasons = " ".join(s["reason"] for s in report.skipped_probes)
+    assert "budget" in cut or "did 1x the work" in reasons, (cut, reasons)
+    assert work < 4 * 4, f"{work:.1f} s of CPU for a 4 s budget, guarded at 4 s"

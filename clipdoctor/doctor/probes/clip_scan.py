@@ -9,13 +9,12 @@ thresholds.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 
 from clipdoctor.data.sources import Sample
-from clipdoctor.doctor.probes import (SAFETY, Context, Probes, _need_index, datamodule,
+from clipdoctor.doctor.probes import (Context, Probes, _need_index, datamodule,
                                         is_user_data, need_data, pick, probe, work_clock)
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,6 @@ DETOUR_MIN_STEP = 1.5
 # change all of it a little; the 99th percentile of the per-step change separates the two
 MOTION_PERCENTILE = 99
 THUMB = 8  # near-duplicates: each sampled frame as 8 x 8 block means (model-free, cheap)
-SCAN_SHARE = 0.1  # clip_scan may use this share of the whole budget (~3 ms a cached clip)
 
 
 def _shrink(frames: np.ndarray) -> np.ndarray:
@@ -143,9 +141,9 @@ def _scan_summary(clips: list[dict]) -> dict:
 
 
 def _deadline(ctx: Context) -> float:
-    """The wall-clock guard of a scan: its count (`Budget.scale`) is the plan; the clock stops
-    only a scan SAFETY x over its share of the budget."""
-    return work_clock() + SAFETY * max(1.0, SCAN_SHARE * ctx.budget.seconds)
+    """The guard of a scan: its count (`Budget.scale`) is the plan; the work clock stops it
+    only at the diagnosis's safety stop (`Budget.deadline`)."""
+    return ctx.budget.deadline()
 
 
 @probe("clip_scan", min_s=2.0)  # ~3 ms a cached clip: 0.65 s for 320, 5.5 s for 1000 at 128 px

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter, defaultdict
 from typing import Callable
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipdoctor.data.sources import SPLITS, Sample
-from clipdoctor.doctor.probes import (SAFETY, Context, work_clock, Probes, ProbeSkipped, _need_index,
+from clipdoctor.doctor.probes import (Context, work_clock, Probes, ProbeSkipped, _need_index,
                                         base_model, clip_batch, is_user_data, need_data, pick,
                                         probe, samples)
 from clipdoctor.doctor.probes.cost import forward_flops, nominal_forward_s
@@ -77,7 +76,7 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
 
     Sized by the counted cost of the first batch (`cost.py`): as many clips as fit
     FEATURE_SHARE of the whole budget on the reference machine, whatever else runs here (the
-    wall clock stops it only SAFETY x over); clips come in a seeded order mixing splits and
+    work clock stops it only at the diagnosis's safety stop, `Budget.deadline`); clips come in a seeded order mixing splits and
     classes, so a cut run still covers them all."""
     data = need_data(ctx)
     if not is_user_data(data):
@@ -91,7 +90,7 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
     was_training = backbone.training
     backbone.eval()
     grids, gaps, used = [], [], []
-    started, batch = work_clock(), 8
+    batch = 8
     try:
         for i in range(0, len(chosen), batch):
             part = chosen[i:i + batch]
@@ -106,7 +105,7 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
             grids.append(grid)
             gaps.append(gap)
             used.extend(part)
-            if len(used) >= most or work_clock() - started > SAFETY * allowed:
+            if len(used) >= most or work_clock() > ctx.budget.deadline():
                 log.info("clip_features: budget reached after %d of %d clips", len(used),
                          len(chosen))
                 break

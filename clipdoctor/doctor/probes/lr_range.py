@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 from torch import Tensor
 
-from clipdoctor.doctor.probes import SAFETY, Context, Probes, probe, work_clock
+from clipdoctor.doctor.probes import Context, Probes, probe, work_clock
 from clipdoctor.doctor.probes.results import LRRange
 from clipdoctor.doctor.probes.training import SHARE, _batches, _fresh_run, _train_step
 
@@ -58,7 +57,7 @@ def lr_range(ctx: Context, probes: Probes) -> LRRange:
     config_lr = base[0]
     lrs = np.geomspace(LR_START, LR_END, steps).tolist()
     beta = LR_BETA ** (LR_STEPS / steps)
-    deadline = work_clock() + SAFETY * allowance  # the plan decides; this is a guard
+    deadline = ctx.budget.deadline()  # the plan decides; this is a guard
     batches: list[Tensor] = []
     raw, smooth, avg, best, stopped = [], [], 0.0, math.inf, "end"
     for i, lr in enumerate(lrs):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import time
 from typing import Any, Callable
 
 import torch
@@ -391,8 +390,6 @@ CONFIRM_BELOW = 1e3  # a fresh model whose logits move less than 1000x the noise
 # whenever the check could fire it has the trained measurement too (healthy fresh models
 # measured 4.0e3x and more: they are not retrained)
 CONFIRM_STEPS = 3  # two stacked zero-initialised layers need two updates before the output moves
-CONFIRM_SHARE = 0.05  # ... within 5 % of the diagnosis budget (2 s at the least): the steps stop
-# there (one step always runs)
 
 
 @probe("input_dependence", min_s=1.0)
@@ -519,7 +516,7 @@ def _train_a_little(ctx: Context, model: nn.Module, x: Tensor, y: Tensor
     torch.manual_seed(ctx.seed)
     model.train()
     steps = 0
-    deadline = work_clock() + max(2.0, CONFIRM_SHARE * ctx.budget.seconds)
+    deadline = ctx.budget.deadline()
     try:
         for _ in range(CONFIRM_STEPS):
             if steps and work_clock() > deadline:

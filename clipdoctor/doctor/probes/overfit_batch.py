@@ -5,13 +5,12 @@ the LR range test's suggestion fit it (the LR is wrong, not the model)."""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import (SAFETY, Context, Probes, ProbeSkipped, loss_floor, probe,
+from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, loss_floor, probe,
                                         work_clock)
 from clipdoctor.doctor.probes.results import BatchFit, MemorisedGap, OverfitBatch, Skipped
 from clipdoctor.doctor.probes.training import (SHARE, _augmented, _augments, _clip_value,
@@ -27,7 +26,7 @@ AUG_DRAWS = 2  # augmented draws of the fitted batch
 def _overfit(ctx: Context, x: Tensor, y: Tensor, cached: bool, most: int, deadline: float,
              lr: float | None) -> tuple[BatchFit, nn.Module]:
     """Train a fresh model, dropout and weight decay off, on one batch for up to `most`
-    (at most OVERFIT_STEPS) steps; `deadline` (wall clock) only guards a plan far off."""
+    (at most OVERFIT_STEPS) steps; `deadline` (the work clock's, `Budget.deadline`) only guards a plan far off."""
     torch.manual_seed(ctx.seed)
     model = _no_dropout(ctx.make_model())
     model.train()
@@ -88,7 +87,6 @@ def overfit_batch(ctx: Context, probes: Probes) -> OverfitBatch:
     n = min(OVERFIT_CLIPS, d["train_clips"])
     x, y = d["_x_train"][:n], d["_y_train"][:n]  # round-robin over classes: stratified
     step_s = d["step_s"] * max(1.0, n / d["batch_size"])
-    started = work_clock()
     allowance = ctx.budget.allowance("overfit_batch", minimum=20 * step_s * 1.001)
     if allowance < 20 * step_s:
         raise ProbeSkipped(f"overfitting one batch needs 20+ steps of {step_s:.2f} s; only "
@@ -96,7 +94,7 @@ def overfit_batch(ctx: Context, probes: Probes) -> OverfitBatch:
     # half the allowance for the config's LR, the rest for a retry at the range test's LR
     most = int(0.5 * allowance / step_s)
     first, model = _overfit(ctx, x, y, d["cached"], max(20, most),
-                            started + SAFETY * 0.5 * allowance, None)
+                            ctx.budget.deadline(), None)
     ctx.budget.charge("overfit_batch", first.steps * step_s)
     out = OverfitBatch(clips=n, classes_in_batch=len(set(y.tolist())),
                        near_zero_frac=NEAR_ZERO_FRAC, config_lr=first.lr, **vars(first))
@@ -112,6 +110,6 @@ def overfit_batch(ctx: Context, probes: Probes) -> OverfitBatch:
         suggestion = None
     if suggestion and not 1 / 3 < suggestion / first.lr < 3 and left >= 10 * step_s:
         out.retry, _ = _overfit(ctx, x, y, d["cached"], int(left / step_s),
-                                work_clock() + SAFETY * left, suggestion)
+                                ctx.budget.deadline(), suggestion)
         ctx.budget.charge("overfit_batch", (first.steps + out.retry.steps) * step_s)
     return out

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import SAFETY, Context, Probes, base_model, probe, work_clock
+from clipdoctor.doctor.probes import Context, Probes, base_model, probe, work_clock
 from clipdoctor.doctor.probes.cost import load_s
 from clipdoctor.doctor.probes.results import (AugmentationGap, Curves, NonFiniteLoss,
                                                 ShortRun, Skipped)
@@ -161,7 +161,7 @@ def _unregularized(ctx: Context, d: dict, main: Curves, left: float, weight_deca
     if epochs < SHORT_MIN_EPOCHS:
         return Skipped(skipped=f"no budget left for {SHORT_MIN_EPOCHS} more epochs "
                                "(raise --budget)")
-    return _fit(ctx, d, epochs, work_clock() + SAFETY * left, augment=main.augmented,
+    return _fit(ctx, d, epochs, ctx.budget.deadline(), augment=main.augmented,
                 regularize=False, schedule_epochs=main.planned_epochs)[0]  # the main run's LRs
 
 
@@ -170,13 +170,11 @@ def short_run(ctx: Context, probes: Probes) -> ShortRun:
     """A short training run at the config's LR and augmentation; the final model is kept
     (`model`, not in the JSON) for the temporal probes."""
     d = probes.get("training_data")
-    started = work_clock()
     allowance = ctx.budget.allowance("short_run")
     augment = not d["cached"]  # stage 1 trains on the unaugmented view of cached features
     epochs = _plan_epochs(ctx, d, allowance, augment)
-    main, trained, last_inputs = _fit(ctx, d, epochs,
-                                      started + SAFETY * SHORT_MAIN_SHARE * allowance,
-                                      augment=augment, regularize=True)
+    main, trained, last_inputs = _fit(ctx, d, epochs, ctx.budget.deadline(), augment=augment,
+                                      regularize=True)
     model = base_model(ctx)
     wd = max(g.get("weight_decay", 0.0) for g in _optimizer(ctx, model).param_groups)
     dropout = _has_dropout(model)

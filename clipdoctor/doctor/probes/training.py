@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clipdoctor.doctor.probes import (SAFETY, Context, work_clock, Probes, ProbeSkipped, base_model,
+from clipdoctor.doctor.probes import (Context, work_clock, Probes, ProbeSkipped, base_model,
                                         clip_batch, data_classes, loss_floor, pick, probe,
                                         samples)
 from clipdoctor.doctor.probes.cost import (forward_flops, nominal_forward_s, nominal_seconds,
@@ -272,7 +272,7 @@ def _feature_material(ctx: Context, train: list, val: list, allowance: float
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Frozen features of both splits; a backbone pass per clip (its counted cost, measured
     on one clip), so both lists shrink in proportion to what fits the allowance. The wall
-    clock only guards a plan far off (SAFETY)."""
+    clock only guards a plan far off (`Budget.deadline`)."""
     model = base_model(ctx)
     model.eval()
     x, _ = clip_batch(ctx, train[:1], seed=ctx.seed)
@@ -282,10 +282,8 @@ def _feature_material(ctx: Context, train: list, val: list, allowance: float
     if fit < 1:
         train = train[:max(16, int(len(train) * fit))]  # prefixes stay stratified
         val = val[:max(8, int(len(val) * fit))]
-    started = work_clock()
-    share = len(train) / (len(train) + len(val))
-    x_tr, y_tr = _features(ctx, train, started + SAFETY * share * allowance)
-    x_va, y_va = _features(ctx, val, started + SAFETY * allowance)
+    x_tr, y_tr = _features(ctx, train, ctx.budget.deadline())
+    x_va, y_va = _features(ctx, val, ctx.budget.deadline())
     return x_tr, y_tr, x_va, y_va
 
 
