@@ -252,7 +252,8 @@ class UserData:
                  layout: ClipLayout, *, collate: Callable | None = None,
                  batch_size: int | None = None, with_length: bool = False,
                  augment: Callable | None = None, notes: Sequence[str] = (),
-                 format: str = "torch-dataset") -> None:
+                 format: str = "torch-dataset", skipped: Sequence[dict] = (),
+                 first_shape: tuple[int, ...] | None = None) -> None:
         self.datasets = datasets
         self.samples = samples
         self.classes = classes
@@ -265,7 +266,9 @@ class UserData:
         self.notes = list(notes)
         self.format = format
         self.root = None
-        self.skipped: list = []  # nothing is unreadable: the Dataset reads its own clips
+        self.skipped = list(skipped)  # items that raised while their labels were read
+        self.first_shape = first_shape  # of the train split's first readable clip
+        self.unreadable: dict[str, str] = {}  # items whose read raised: name -> the error
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s} {n}" for s, n in self.counts_total().items() if n)
@@ -288,8 +291,18 @@ class UserData:
     # -- items ---------------------------------------------------------------------------------
 
     def item(self, sample: UserSample) -> tuple:
-        """The item exactly as the user's Dataset yields it."""
-        return tuple(self.datasets[sample.source][sample.index])
+        """The item exactly as the user's Dataset yields it. An item whose read raises is
+        remembered (`unreadable`) and left out of `readable()` from then on."""
+        try:
+            return tuple(self.datasets[sample.source][sample.index])
+        except Exception as e:
+            self.unreadable[sample.name] = f"{type(e).__name__}: {str(e)[:120]}"
+            raise
+
+    def readable(self, split: str | None = None) -> list[UserSample]:
+        """The samples (of `split`), less the items whose read raised so far."""
+        return [s for s in self.samples if s.name not in self.unreadable
+                and (split is None or s.split == split)]
 
     def clip(self, sample: UserSample) -> tuple[Any, int | None]:
         """(the clip as yielded, its length or None)."""
@@ -338,16 +351,39 @@ def _read(ds: Any, i: int, role: str) -> Any:
                         f"{str(e)[:120]}); accepted: {ACCEPTED}") from e
 
 
-def _labels_of(ds: Any, role: str) -> tuple[list, str]:
-    """(labels, where they came from) of every item of `ds`."""
+def _first_item(ds: Any, role: str, tries: int = 8) -> tuple[int, Any]:
+    """(index, item) of the first of the first `tries` items that can be read; DataError
+    (naming the accepted forms) when none can."""
+    first: DataError | None = None
+    for i in range(min(tries, len(ds))):
+        try:
+            return i, _read(ds, i, role)
+        except DataError as e:
+            first = first or e
+    raise first  # type: ignore[misc]
+
+
+def _labels_of(ds: Any, role: str) -> tuple[list, str, dict[int, str]]:
+    """(labels, where they came from, {index: error} of the items whose read raised) of
+    every item of `ds`: an item that cannot be read has no label (None) when the Dataset has
+    no labels attribute; one that reads but is not (clip, label[, length]) is a DataError."""
     values = _attribute_labels(ds)
     if values is not None:
-        return [_label_value(v, f"{role} labels[{i}]") for i, v in enumerate(values)], "attribute"
-    out = []
+        return ([_label_value(v, f"{role} labels[{i}]") for i, v in enumerate(values)],
+                "attribute", {})
+    out: list = []
+    failed: dict[int, str] = {}
     for i in range(len(ds)):
-        _, label, _ = check_item(_read(ds, i, role), f"item {i} of the {role} Dataset")
-        out.append(label)
-    return out, "items"
+        try:
+            item = ds[i]
+        except Exception as e:  # noqa: BLE001 — the user's __getitem__ on a broken clip
+            failed[i] = f"{type(e).__name__}: {str(e)[:120]}"
+            out.append(None)
+            continue
+        out.append(check_item(item, f"item {i} of the {role} Dataset")[1])
+    if len(failed) == len(ds):
+        _read(ds, 0, role)  # raises the DataError of the first item
+    return out, "items", failed
 
 
 def _carve_val(labels: list[int], fraction: float, seed: int) -> tuple[list[int], bool]:
@@ -392,22 +428,26 @@ def from_datasets(train: Any, val: Any = None, test: Any = None, *, seed: int = 
         if len(ds) == 0:
             raise DataError(f"the {role} Dataset is empty")
         datasets[role] = ds
-    layout, with_length = None, None
+    layout, with_length, first_shape = None, None, None
     labels: dict[str, list] = {}
     notes = []
+    skipped: list[dict] = []  # items whose read raised (no label known): unreadable clips
     for role, ds in datasets.items():
-        clip, _, length = check_item(_read(ds, 0, role), f"item 0 of the {role} Dataset")
-        here = detect_layout(clip, f"item 0 of the {role} Dataset")
+        i, item = _first_item(ds, role)
+        clip, _, length = check_item(item, f"item {i} of the {role} Dataset")
+        here = detect_layout(clip, f"item {i} of the {role} Dataset")
         if layout is None:
             layout, with_length = here, length is not None
+            first_shape = tuple(int(v) for v in clip.shape)
         elif here.order != layout.order:
             raise DataError(f"the {role} Dataset yields {here} clips, the train Dataset "
                             f"{layout}: every split must use one layout")
-        labels[role], source = _labels_of(ds, role)
+        labels[role], source, failed = _labels_of(ds, role)
+        skipped += [{"path": f"{role}[{i}]", "reason": why} for i, why in failed.items()]
         if source == "attribute":
             notes.append(f"{role} labels read from the Dataset's targets/labels attribute")
     names = list(classes) if classes is not None else _class_names(datasets["train"])
-    raw = [v for vs in labels.values() for v in vs]
+    raw = [v for vs in labels.values() for v in vs if v is not None]
     if any(isinstance(v, str) for v in raw):
         names = names or sorted({v for v in raw if isinstance(v, str)})
         unknown = sorted({v for v in raw if isinstance(v, str) and v not in names})
@@ -415,7 +455,7 @@ def from_datasets(train: Any, val: Any = None, test: Any = None, *, seed: int = 
             raise DataError(f"labels {unknown[:5]} are not among the classes {names[:10]}")
         labels = {r: [names.index(v) if isinstance(v, str) else v for v in vs]
                   for r, vs in labels.items()}
-        raw = [v for vs in labels.values() for v in vs]
+        raw = [v for vs in labels.values() for v in vs if v is not None]
     if min(raw) < 0:
         raise DataError(f"label {min(raw)} is negative; labels are class indices 0..K-1")
     k = max(raw) + 1
@@ -427,14 +467,16 @@ def from_datasets(train: Any, val: Any = None, test: Any = None, *, seed: int = 
                      "extra classes are named by index")
         names = names + [str(i) for i in range(len(names), k)]
     samples = [UserSample(role, int(lab), i, role, f"{role}[{i}]")
-               for role, vs in labels.items() for i, lab in enumerate(vs)]
+               for role, vs in labels.items() for i, lab in enumerate(vs) if lab is not None]
     if "val" not in datasets:
-        val_idx, stratified = _carve_val(labels["train"], val_fraction, seed)
+        known = [i for i, lab in enumerate(labels["train"]) if lab is not None]
+        val_idx, stratified = _carve_val([labels["train"][i] for i in known], val_fraction,
+                                         seed)
         if val_idx:
-            chosen = set(val_idx)
+            chosen = {known[i] for i in val_idx}
             samples = [replace(s, split="val") if s.source == "train" and s.index in chosen
                        else s for s in samples]
-            notes.append(f"no val= given: {len(val_idx)} of {len(labels['train'])} training "
+            notes.append(f"no val= given: {len(val_idx)} of {len(known)} training "
                          f"clips ({val_fraction:.0%}) held out as val, "
                          + ("stratified by class" if stratified else "not stratified (a class "
                             "has a single clip)") + f", seed {seed} (scikit-learn "
@@ -443,4 +485,5 @@ def from_datasets(train: Any, val: Any = None, test: Any = None, *, seed: int = 
             notes.append("no val= given and too few training clips to hold out a val split")
     return UserData(datasets, samples, names, layout, collate=collate, batch_size=batch_size,
                     with_length=bool(with_length), augment=augment, notes=notes,
-                    format="dataloader" if loaders else "torch-dataset")
+                    format="dataloader" if loaders else "torch-dataset", skipped=skipped,
+                    first_shape=first_shape)

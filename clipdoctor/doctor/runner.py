@@ -125,10 +125,9 @@ def fit_config(config: RunConfig, data: Any) -> RunConfig:
     frame size (square frames) and batch size (a DataLoader's) as the user's clips have them."""
     from clipdoctor.data.user import UserData
 
-    if not isinstance(data, UserData) or not data.samples:
+    if not isinstance(data, UserData) or data.first_shape is None:
         return config
-    clip, _ = data.clip(data.samples[0])
-    shape = tuple(int(v) for v in clip.shape)
+    shape = data.first_shape
     t, h, w = (shape[0], shape[2], shape[3]) if data.layout.order == "TCHW" else shape[:3]
     update: dict = {"frames": t}
     if h == w:

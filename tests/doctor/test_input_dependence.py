@@ -29,7 +29,7 @@ from test_model_checks import FrameCNN  # the same per-frame CNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-DOWNSTREAM = ["frame_order", "temporal_gain", "prediction_collapse", "fit_curves"]
+DOWNSTREAM = ["frame_order", "temporal_gain", "prediction_collapse", "fit_curves", "frozen_batchnorm"]
 
 
 # ---------------------------------------------------------------------------------------------

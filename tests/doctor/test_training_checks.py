@@ -314,6 +314,25 @@ def test_prediction_collapse_sick_and_healthy():
     assert findings(healthy(), ["prediction_collapse"]) == {}
 
 
+@pytest.mark.parametrize("weighting, source, says", [
+    ("none", "config", "--class-weighting balanced"),
+    ("balanced", "config", "already weighted (balanced)"),
+    ("sampler", "config", "already weighted (sampler)"),
+    ("loss", "loss_fn", "already weighted (loss)"),
+    ("none", "loss_fn", "nn.CrossEntropyLoss(weight="),
+])
+def test_prediction_collapse_remedy_follows_how_the_classes_are_weighted(weighting, source,
+                                                                         says):
+    run = short_run(val_pred_counts=[32, 0, 0, 0, 0, 0, 0, 0])
+    d = {"class_weighting": weighting, "weighting_source": source}
+    out, _, failures = run_checks(Probes(values=healthy(short_run=run, dataset=d)),
+                                  ["prediction_collapse"])
+    assert not failures and out[0].code == "prediction-collapse"
+    assert says in out[0].remedy
+    if weighting != "none":
+        assert "--class-weighting balanced" not in out[0].remedy
+
+
 # -- regularisation and augmentation ----------------------------------------------------------
 def test_over_regularized_sick_and_healthy():
     variant = curves(epochs=3, train_loss=[1.8, 0.9, 0.4], val_loss=[1.9, 1.3, 1.1],

@@ -378,6 +378,88 @@ def test_black_clips_normalised_per_channel_are_blank():
     assert len(report.findings[0].evidence["blank_or_short"]) >= 4
 
 
+class SomeBroken(ClipDataset):
+    """A Dataset whose reads fail for some items (a file that vanished, say)."""
+
+    def __init__(self, clips, labels, broken):
+        super().__init__(clips, labels)
+        self.broken = set(broken)
+
+    def __getitem__(self, idx):
+        if idx in self.broken:
+            raise ValueError(f"cannot decode clip_{idx}.mp4")
+        return super().__getitem__(idx)
+
+
+def test_items_that_raise_are_corrupt_clips_and_left_out_of_training():
+    """corrupt-clips names the items whose read raised; the training probes that run after it
+    train on the others instead of failing on them (bench: 4 probes failed, 15 checks skipped)."""
+    train = SomeBroken(*make((12, 12)), broken=range(0, 24, 5))
+    report = run(train, dataset((4, 4), start=50), budget_s=12,
+                 checks=["corrupt_clips", "init_loss", "learning_rate", "gradients"])
+    assert codes(report).get("corrupt-clips") in ("warning", "error")
+    assert not report.failures, report.failures
+    assert report.probes["training_data"]["train_clips"] <= 24 - 5
+    assert "lr_range" in report.probes
+
+
+class BrokenWithoutLabels(SomeBroken):
+    """The same without a labels attribute: the labels come from the items, a broken one has
+    none (it is listed as unreadable, like a file that cannot be decoded)."""
+
+    def __init__(self, clips, labels, broken):
+        super().__init__(clips, labels, broken)
+        self.items = list(zip(clips, labels))
+        del self.labels
+
+    def __getitem__(self, idx):
+        if idx in self.broken:
+            raise ValueError(f"cannot decode clip_{idx}.mp4")
+        return self.items[idx]
+
+
+def test_items_that_raise_while_labels_are_read_are_unreadable_clips():
+    train = BrokenWithoutLabels(*make((12, 12)), broken=[0, 7, 13])
+    data = cd.load_dataset(train)
+    assert [s["path"] for s in data.skipped] == ["train[0]", "train[7]", "train[13]"]
+    assert len(data.samples) == 21 and "train[7]" not in {s.name for s in data.samples}
+    report = diagnose(data, model=CNNLSTM(), budget_s=5, checks=["corrupt_clips"])
+    finding = report.findings[0]
+    assert finding.code == "corrupt-clips"
+    assert {u["path"] for u in finding.evidence["unreadable"]} == {"train[0]", "train[7]",
+                                                                   "train[13]"}
+    assert "cannot decode clip_7.mp4" in finding.evidence["unreadable"][1]["reason"]
+
+
+class MaskedCNNLSTM(CNNLSTM):
+    """The same model taking the valid lengths: packed, so padded steps are never read."""
+
+    def forward(self, x, lengths=None):
+        B, Tn = x.shape[:2]
+        f = self.cnn(x.flatten(0, 1)).view(B, Tn, -1)
+        if lengths is not None:
+            f = nn.utils.rnn.pack_padded_sequence(f, torch.as_tensor(lengths).cpu(),
+                                                  batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(f)
+        return self.fc(h[-1])
+
+
+@pytest.mark.parametrize("model, found", [(CNNLSTM, {"unmasked-padding": "warning"}),
+                                          (MaskedCNNLSTM, {})])
+def test_unmasked_padding_of_items_with_lengths(model, found):
+    """Items (clip, label, length) of 5 or 8 frames, padded to 8 by the collate: a model read
+    at [:, -1] reads the padding; one that packs by the lengths does not."""
+    torch.manual_seed(0)
+    train = LengthDataset(*make((12, 12), lengths=[8, 5]))
+    val = LengthDataset(*make((3, 3), start=50, lengths=[8, 5]))
+    report = run(train, val, model=model(), checks=["padding_mask"])
+    assert {c: s for c, s in codes(report).items()} == {}  # not a data code
+    loud = {f.code: f.severity for f in report.findings if f.severity != "info"}
+    assert loud == found, report.probes["behaviour"].get("padding")
+    if found:
+        assert report.findings[0].evidence["short_clips"] > 0
+
+
 def test_frame_order_corrupted_from_the_frames():
     order = [0, 4, 1, 5, 2, 6, 3, 7]  # frames read out of order
     report = run(dataset((10, 10), order=order), dataset((3, 3), start=50, order=order),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from clipdoctor.doctor.checks.common import INPUT_FACTOR, get, ignores_input
+from clipdoctor.doctor.checks.common import INPUT_FACTOR, get, ignores_input, skip_if_input_ignored
 from clipdoctor.doctor.findings import Finding
 from clipdoctor.doctor.probes import Probes
 from clipdoctor.doctor.registry import check
@@ -218,9 +218,12 @@ def padding_mask(probes: Probes) -> list[Finding]:
         min(rel, 1.0))]
 
 
-@check("frozen-batchnorm-drift", order=30, requires=("bn_drift", "structure"))
+@check("frozen-batchnorm-drift", order=30, requires=("bn_drift", "structure", "input_dependence"),
+       unless=skip_if_input_ignored)
 def frozen_batchnorm(probes: Probes) -> list[Finding]:
-    """Frozen BatchNorm layers whose running statistics still move in training (HHTseng #49)."""
+    """Frozen BatchNorm layers whose running statistics still move in training (HHTseng #49).
+    Not judged when the output ignores the input: a part whose features are thrown away gets
+    no gradient, so it counts as frozen, and its drift changes nothing the model outputs."""
     d = get(probes, "bn_drift", optional=True)
     static = d is None  # no training step measured: what the structure says
     if static:

@@ -475,7 +475,7 @@ def fit_curves(probes: Probes) -> list[Finding]:
             if f]
 
 
-@check("prediction-collapse", order=76, requires=("short_run", "input_dependence"),
+@check("prediction-collapse", order=76, requires=("short_run", "input_dependence", "dataset"),
        min_steps=COLLAPSE_MIN_STEPS, unless=skip_if_input_ignored)
 def prediction_collapse(probes: Probes) -> list[Finding]:
     """One class takes (almost) all validation predictions of the short-run model (trained
@@ -501,9 +501,23 @@ def prediction_collapse(probes: Probes) -> list[Finding]:
          "true_share": true_share, "train_loss": run.train_loss, "loss_flat_at_ln_k": flat,
          "steps": run.steps, "thresholds": {"share": COLLAPSE_SHARE, "excess": COLLAPSE_EXCESS,
                                                 "min_steps": COLLAPSE_MIN_STEPS}},
-        "Weight the classes (--class-weighting balanced), check the LR findings (--lr) and "
-        "that labels are right; a loss flat at ln K means the model outputs the class prior.",
+        _collapse_remedy(get(probes, "dataset", optional=True) or {}),
         effect=0.5 * (share - true_share))]
+
+
+def _collapse_remedy(d: dict) -> str:
+    """What to do about a collapse: weight the classes (as this run can: its config or its
+    loss) unless they already are, check the LR and the labels."""
+    rest = ("check the LR findings and that labels are right; a loss flat at ln K means the "
+            "model outputs the class prior")
+    weighting = d.get("class_weighting", "none")
+    if weighting in WEIGHTED:
+        return (f"The classes are already weighted ({weighting}), so weighting is not the "
+                f"cause: {rest}.")
+    if d.get("weighting_source") == "config":
+        return f"Weight the classes (--class-weighting balanced), {rest}."
+    return ("Weight the classes (nn.CrossEntropyLoss(weight=n / (k * counts)) or a "
+            f"WeightedRandomSampler), {rest}.")
 
 
 # ==== regularisation and class weighting ======================================================

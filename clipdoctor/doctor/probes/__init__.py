@@ -67,7 +67,9 @@ class RunLoss:
     cross-entropy with the run's class weights and label smoothing). The class weights are
     those `train` computes (`data.datamodule.class_weights` of the training split's labels,
     under `class_weighting: balanced`), fetched by `weights()` at the first call: the data is
-    only read (decoded) when a probe needs the loss."""
+    only read (decoded) when a probe needs the loss. Under `class_weighting: sampler`, where
+    `train` draws class-balanced batches, the probes (which train on fixed batches) weight
+    the loss with the same balanced weights instead: equal in expectation."""
 
     def __init__(self, class_weighting: str, label_smoothing: float,
                  weights: Callable[[], torch.Tensor | None]) -> None:
@@ -81,7 +83,7 @@ class RunLoss:
     def class_weights(self) -> torch.Tensor | None:
         """The class weights the loss applies (None: unweighted)."""
         if not self._resolved:
-            if self.class_weighting == "balanced":
+            if self.class_weighting in ("balanced", "sampler"):
                 self._class_weights = self._weights()
             self._resolved = True
         return self._class_weights
@@ -97,7 +99,8 @@ class RunLoss:
     def describe(self) -> str:
         """The loss as the report names it."""
         how = {"balanced": "balanced class weights",
-               "sampler": "unweighted; train balances classes with its sampler"}.get(
+               "sampler": "balanced class weights, standing in for train's class-balanced "
+                          "sampler"}.get(
                    self.class_weighting, "unweighted")
         smoothing = f", label smoothing {self.label_smoothing:g}" if self.label_smoothing else ""
         return f"cross_entropy ({how}{smoothing}; train's loss)"
@@ -433,10 +436,11 @@ def _need_index(ctx: Context) -> SourceIndex:
 
 def samples(ctx: Context) -> list:
     """Every usable sample of the diagnosed data, each with `split`, `label` and `name`: the
-    readable clips of clipdoctor's data module, or the items of the user's own Datasets."""
+    readable clips of clipdoctor's data module, or the items of the user's own Datasets less
+    those whose read raised (`clip_scan` reads them first when a data check runs)."""
     data = need_data(ctx)
     if is_user_data(data):
-        return data.samples
+        return data.readable()
     return datamodule(ctx).samples
 
 

@@ -116,8 +116,8 @@ def _user_dataset_summary(ctx: Context) -> dict:
         "root": None,
         "classes": list(data.classes),
         "counts": {s: [per_split[s].get(i, 0) for i in range(len(data.classes))] for s in SPLITS},
-        "listed": len(data.samples),
-        "skipped": [],
+        "listed": len(data.samples) + len(data.skipped),
+        "skipped": list(data.skipped),  # items whose read raised before a label was known
         "class_weighting": weighting,
         "weighting_source": source,
         "loss": loss,
@@ -157,7 +157,7 @@ def clip_shapes(ctx: Context, probes: Probes) -> dict:
     if not is_user_data(data):
         raise ProbeSkipped(f"data is a {type(data).__name__}: neither a clipdoctor dataset nor "
                            "a torch Dataset")
-    chosen = pick(data.samples, ctx.budget.scale(64, minimum=8), ctx.seed, stratify=False)
+    chosen = pick(data.readable(), ctx.budget.scale(64, minimum=8), ctx.seed, stratify=False)
     shapes = [_item_shape(data.item(s)) for s in chosen]
     dims = [s for s, _ in shapes]
     ndims = {len(s) for s in dims}
@@ -320,7 +320,7 @@ def _user_input_stats(ctx: Context) -> dict:
     what the statistics are judged on (a model may scale or normalise inside `forward`). A
     first layer that normalises its input (BatchNorm, ...) accepts any scale."""
     data = ctx.data
-    train = data.split("train") or data.samples
+    train = data.readable("train") or data.readable()
     clips, _ = clip_batch(ctx, pick(train, ctx.budget.scale(32, minimum=8), ctx.seed))
     raw = _stats(clips, 2 if data.layout.order == "TCHW" else 4)  # (N, T, C, H, W) | (N, T, H, W, C)
     expected, first = None, None
@@ -374,7 +374,7 @@ def _user_augmentation(ctx: Context) -> dict:
 
     fn, data = ctx.augment, need_data(ctx)
     if is_user_data(data):
-        train = data.split("train") or data.samples
+        train = data.readable("train") or data.readable()
         chosen = pick(train, ctx.budget.scale(4, minimum=2), ctx.seed)
         clips = [data.clip(s) for s in chosen]  # (clip as yielded, length or None)
     else:

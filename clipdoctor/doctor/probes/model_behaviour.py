@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from clipdoctor.doctor.probes import (Context, Probes, work_clock, ProbeSkipped, clip_batch, datamodule,
+                                        is_user_data,
                                         pick, probe, samples, uniform_loss)
 from clipdoctor.doctor.probes.model import (LENGTH_NAMES, _frozen_bns, _num_classes,
                                               _takes_lengths, trained_parameters)
@@ -229,8 +230,7 @@ def _padding_test(ctx: Context, model: nn.Module, x: Tensor, full: Tensor) -> di
     from the unpadded clip (or, when the model needs all T steps but takes lengths, from the
     same clip padded with noise), as a share of how far the outputs of two clips lie apart."""
     B, T = x.shape[:2]
-    res: dict = {"pipeline_pads": ctx.config.data.short == "pad",
-                 "takes_lengths": _takes_lengths(model)}
+    res: dict = {"pipeline_pads": _pads(ctx), "takes_lengths": _takes_lengths(model)}
     if T < 2 or B < 2 or full.ndim != 2 or full.shape[0] != B:
         res["skipped"] = "needs 2+ clips of 2+ frames and (B, K) outputs"
         return res
@@ -259,10 +259,27 @@ def _padding_test(ctx: Context, model: nn.Module, x: Tensor, full: Tensor) -> di
     return res
 
 
+def _pads(ctx: Context) -> bool:
+    """Whether the data the model is fed is padded: clipdoctor's pipeline under
+    `data.short: pad`; the user's own Datasets when their items carry a length (padded along T
+    by the collate, or by the Dataset itself up to a fixed T)."""
+    if is_user_data(ctx.data):
+        return bool(ctx.data.with_length)
+    return ctx.config.data.short == "pad"
+
+
 def _short_clips(ctx: Context) -> dict:
-    """How many clips have fewer frames than T (those the pipeline pads)."""
+    """How many clips have fewer frames than T (those the pipeline pads); for the user's own
+    Datasets with lengths, how many of a sample of items have a length below the longest clip
+    (their collate, or the Dataset itself, pads those)."""
     if ctx.data is None:
         return {"short_clips": None}
+    if is_user_data(ctx.data):
+        seen = [ctx.data.clip(s) for s in pick(ctx.data.readable(),
+                                               ctx.budget.scale(64, minimum=16), ctx.seed)]
+        t = max(int(c.shape[0]) for c, _ in seen)
+        return {"short_clips": sum(n is not None and n < t for _, n in seen),
+                "clips_checked": len(seen)}
     dm = datamodule(ctx)
     T = ctx.config.data.frames
     samples = pick(dm.samples, ctx.budget.scale(2000, minimum=100), ctx.seed)
