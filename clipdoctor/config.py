@@ -65,7 +65,8 @@ class ModelConfig(_Strict):
     """The CNN-LSTM: a timm backbone per frame, per-frame pooling, a projection, a temporal head."""
 
     backbone: str = "resnet10t"  # any timm name; resnet10t is small enough for a CPU
-    pretrained: bool = True  # timm hub weights (needs the network once); --weights for a file
+    pretrained: bool = True  # timm hub weights (the network once, then the cache); for
+    # (tf_)efficientnet_lite0 from a pip package, no network; --weights for a file
     weights: Path | None = None  # local safetensors / state-dict file, loaded with weights_only
     freeze_backbone: bool = True  # stage 1 trains the head on cached per-frame features
     pool: Literal["gap", "grid", "attention"] = "grid"  # grid keeps coarse position; gap loses direction

@@ -33,6 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from clipdoctor.errors import ClipdoctorError
+from clipdoctor.models.offline_weights import (OFFLINE, check_hub_reachable, hub_cached_file,
+                                               load_package_weights, use_package_data_config)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ class BackboneInfo:
     input_size: tuple[int, int, int]  # (3, H, W) the weights were trained at
     missing_keys: tuple[str, ...] = ()  # backbone tensors the weights file did not provide
     unexpected_keys: tuple[str, ...] = ()  # file tensors that found no place in the backbone
-    weights: str = "random"  # "random" | "hub" | path of the weights file
+    weights: str = "random"  # "random" | "hub" | "package:<pip name>" | path of the weights file
 
 
 class Backbone(nn.Module):
@@ -196,11 +198,15 @@ def _check_name(name: str) -> None:
     raise ClipdoctorError(f"unknown backbone '{name}' — {found} ({_LIST_HINT})")
 
 
-def _create_timm(name: str, pretrained: bool) -> nn.Module:
+def _create_timm(name: str, pretrained: bool, file: str | None = None) -> nn.Module:
+    """timm's model `name` without classifier or pooling; with `pretrained`, its weights from
+    `file` (a cached copy of the hub's: no network) or else from the hub."""
     kwargs: dict = dict(num_classes=0, global_pool="")
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is not None and cfg.fixed_input_size:
         kwargs["dynamic_img_size"] = True  # ViTs / Swins: take any data.size, not only 224
+    if pretrained and file is not None:  # custom_load: a foreign format (.npz) the model reads
+        kwargs["pretrained_cfg_overlay"] = dict(file=file, custom_load=bool(cfg and cfg.custom_load))
     while True:
         try:
             return timm.create_model(name, pretrained=pretrained, **kwargs)
@@ -226,18 +232,33 @@ def create_backbone(name: str, *, pretrained: bool = False,
     """A timm backbone returning feature maps, and its BackboneInfo.
 
     `weights` (a safetensors or torch state-dict file) wins over `pretrained`: the hub is not
-    contacted when a file is given."""
+    contacted when a file is given. Pretrained weights of the names in offline_weights.OFFLINE
+    come from their pip package (never the hub); other names' come from the local hub cache
+    when there, else from the hub, after a quick network test that fails in seconds rather
+    than after huggingface_hub's retries.
+
+    For the OFFLINE names, mean / std / input_size are the package weights' whatever the
+    weights: evaluate / predict rebuild a run's model without pretrained weights."""
     _check_name(name)
-    use_hub = pretrained and weights is None
+    use_pretrained = pretrained and weights is None
+    from_package = use_pretrained and name in OFFLINE
+    use_hub = use_pretrained and not from_package
     if use_hub and not timm.models.is_model_pretrained(name):
         raise ClipdoctorError(f"timm has no pretrained weights for '{name}'; {_WEIGHTS_HINT}")
-    backbone = Backbone(_create_timm(name, use_hub), name)
+    cached = hub_cached_file(name) if use_hub else None
+    if use_hub and cached is None:
+        check_hub_reachable(name)
+    backbone = Backbone(_create_timm(name, use_hub, cached), name)
     missing: tuple[str, ...] = ()
     unexpected: tuple[str, ...] = ()
     source = "hub" if use_hub else "random"
+    if from_package:
+        source = load_package_weights(backbone.model, name)
     if weights is not None:
         missing, unexpected = load_weights(backbone.model, weights, name)
         source = str(weights)
+    if name in OFFLINE:
+        use_package_data_config(backbone.model, name)
     dc = timm.data.resolve_model_data_config(backbone.model)
     info = BackboneInfo(
         name=name, channels=backbone.channels,

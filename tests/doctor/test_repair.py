@@ -192,6 +192,7 @@ def given_weights(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.timeout(900)  # 3 seeds x 5 trials of 10 epochs: ~2 min idle, 5+ beside other jobs
 def test_repair_of_an_imbalanced_high_lr_config_lowers_loss_and_raises_accuracy(
         tmp_path, given_weights, capsys):
     """The Done-when of the doctor issue at test size: imbalanced data (4:1), lr 3 and no

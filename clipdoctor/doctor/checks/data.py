@@ -315,6 +315,15 @@ def split_leakage(probes: Probes) -> list[Finding]:
 
 # ==== label noise =============================================================================
 
+def _stronger(li: dict) -> str:
+    """What would let the label check judge: features that know the task."""
+    if li.get("backbone_weights") == "reference":  # a user model: ImageNet reference features
+        return (f"these are a reference backbone's ImageNet features ({li.get('features')}), "
+                "which do not separate classes told apart by motion; diagnosing with the "
+                "built-in model and --weights of a backbone trained on this task would settle it")
+    return "stronger features (--pretrained or --weights) would settle it"
+
+
 @check("label-noise", order=60, requires=("label_issues",))
 def label_noise(probes: Probes) -> list[Finding]:
     """A share of labels that a linear probe on frozen clip features confidently contradicts
@@ -332,8 +341,7 @@ def label_noise(probes: Probes) -> list[Finding]:
         raise ProbeSkipped(f"a linear probe on the frozen features is too weak to tell label "
                            f"errors from its own: it recalls {len(judged)} of {len(per_class)} "
                            f"classes at {CLEANED_COMPETENCE} on the unflagged clips (accuracy "
-                           f"{li['probe_accuracy']:.2f} overall); stronger features "
-                           f"(--pretrained or --weights) would settle it")
+                           f"{li['probe_accuracy']:.2f} overall); {_stronger(li)}")
     issues = [i for i in li["issues"] if i["given"] in judged and i["predicted"] in judged]
     clips = sum(per_class[c]["clips"] for c in judged)
     if not issues:
@@ -344,8 +352,7 @@ def label_noise(probes: Probes) -> list[Finding]:
     if left > RESIDUAL_RATIO * share:
         raise ProbeSkipped(f"the probe's flags look like its own errors: {share:.0%} of the "
                            f"judged clips flagged, yet {left:.1%} of the unflagged ones are still "
-                           f"misclassified; stronger features (--pretrained or --weights) would "
-                           f"settle it")
+                           f"misclassified; {_stronger(li)}")
     unjudged = sorted(set(per_class) - set(judged))
     severity = "error" if share >= NOISE_ERROR else "warning" if share >= NOISE_WARN else "info"
     scope = f" in {len(judged)} of {len(per_class)} classes" if unjudged else ""

@@ -1,7 +1,10 @@
-"""Probes on frozen per-frame features of the built-in backbone, and what they reveal.
+"""Probes on frozen per-frame features, and what they reveal.
 
-- `clip_features`: per-frame pooled features (2x2 grid and global average) of a budget of
-  clips per split (shared with the model checks).
+- `clip_features`: per-frame pooled features (2x2 grid and global average) of the built-in
+  backbone on a budget of clips per split (shared with the model checks).
+- `reference_features`: the same from a reference backbone with ImageNet weights that need no
+  network, for judging the data when the model's own backbone cannot (user model, random
+  weights).
 - `leakage`: source groups and near-duplicates across splits (pixel thumbnails from
   `clip_scan` decide; feature similarity is evidence).
 - `label_issues`: cleanlab on out-of-fold probabilities of a linear probe over the features.
@@ -19,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipdoctor.data.sources import SPLITS, Sample
+from clipdoctor.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from clipdoctor.doctor.probes import (Context, work_clock, Probes, ProbeSkipped, _need_index,
-                                        base_model, clip_batch, is_user_data, need_data, pick,
-                                        probe, samples)
+                                        base_model, clip_batch, datamodule, is_user_data,
+                                        need_data, pick, probe, samples)
 from clipdoctor.doctor.probes.cost import forward_flops, nominal_forward_s
 
 log = logging.getLogger(__name__)
@@ -72,12 +76,7 @@ def _features(backbone: nn.Module, clips: torch.Tensor) -> tuple[np.ndarray, np.
 @probe("clip_features", min_s=5.0)
 def clip_features(ctx: Context, probes: Probes) -> dict:
     """Per-frame pooled features of up to a budget of clips per split, from the frozen
-    built-in backbone in eval mode, through the real data pipeline (evaluation transform).
-
-    Sized by the counted cost of the first batch (`cost.py`): as many clips as fit
-    FEATURE_SHARE of the whole budget on the reference machine, whatever else runs here (the
-    work clock stops it only at the diagnosis's safety stop, `Budget.deadline`); clips come in a seeded order mixing splits and
-    classes, so a cut run still covers them all."""
+    built-in backbone in eval mode, through the real data pipeline (evaluation transform)."""
     data = need_data(ctx)
     if not is_user_data(data):
         _need_index(ctx)
@@ -85,6 +84,90 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
     if is_user_data(data) and (data.layout.order != "TCHW" or "float" not in data.layout.dtype):
         raise ProbeSkipped(f"your Dataset yields {data.layout} clips; the built-in backbone "
                            "takes (T, C, H, W) float clips")
+    return _take_features(ctx, backbone, lambda clips: clips)
+
+
+REFERENCE = "tf_efficientnet_lite0"  # ImageNet weights from a pip package, in the architecture
+# they were trained in (efficientnet_lite0 runs them with other padding: 53 % top-1 agreement)
+REFERENCE_SIDE = 128  # frames resized to this: a 4 x 4 feature map (stride 32) keeps position,
+# which the label probe needs to tell directions of motion apart (at 32 px the map is 1 x 1)
+
+
+@probe("reference_features", min_s=5.0)
+def reference_features(ctx: Context, probes: Probes) -> dict:
+    """`clip_features` from a reference backbone with ImageNet weights that need no network
+    (REFERENCE, `models/offline_weights.py`), for the checks that judge the data itself
+    (label-noise) when the model's own backbone cannot: a user's model, or random weights.
+    Clips are brought to 0..1 first (`_to_unit`) and normalised as those weights expect."""
+    from clipdoctor.errors import ClipdoctorError
+    from clipdoctor.models.backbones import create_backbone
+
+    need_data(ctx)
+    try:
+        backbone, info = create_backbone(REFERENCE, pretrained=True)
+    except ClipdoctorError as e:
+        raise ProbeSkipped(f"no reference backbone: {e}") from e
+    to_unit = _to_unit(ctx)
+    mean = torch.tensor(info.mean).view(1, 1, 3, 1, 1)
+    std = torch.tensor(info.std).view(1, 1, 3, 1, 1)
+
+    def prepare(clips: torch.Tensor) -> torch.Tensor:
+        x = (to_unit(clips) - mean) / std  # (B, T, 3, H, W)
+        B, T = x.shape[:2]
+        x = F.interpolate(x.flatten(0, 1), size=(REFERENCE_SIDE, REFERENCE_SIDE),
+                          mode="bilinear", antialias=True, align_corners=False)
+        return x.view(B, T, *x.shape[1:])  # (B*T, 3, S, S) -> (B, T, 3, S, S)
+
+    out = _take_features(ctx, backbone, prepare)
+    out["backbone"] = f"{REFERENCE} ({info.weights})"
+    return out
+
+
+def _to_unit(ctx: Context) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A map of the model's input batches onto (B, T, 3, H, W) floats in 0..1: clipdoctor's
+    pipeline undone (its mean / std); the user's clips by their layout and scale (uint8 / 255;
+    0..1 floats as they are; 0..255 floats / 255; anything else, normalised clips, each
+    channel's 0.5th..99.5th percentile of the first batch onto 0..1). ProbeSkipped for clips
+    that are not 3-channel."""
+    data = need_data(ctx)
+    if not is_user_data(data):
+        dm = datamodule(ctx)
+        mean = torch.tensor(dm.mean or IMAGENET_MEAN).view(1, 1, 3, 1, 1)
+        std = torch.tensor(dm.std or IMAGENET_STD).view(1, 1, 3, 1, 1)
+        return lambda x: (x * std + mean).clamp(0, 1)
+    tchw = data.layout.order == "TCHW"
+    scale: dict = {}
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        x = x if tchw else x.permute(0, 1, 4, 2, 3)  # (B, T, H, W, C) -> (B, T, C, H, W)
+        if x.shape[2] != 3:
+            raise ProbeSkipped(f"clips of {x.shape[2]} channels: the reference backbone takes 3")
+        x = x.float()
+        if not scale:
+            v = x.transpose(0, 2).reshape(3, -1)  # (C, all values)
+            v = v[:, :: max(1, v.shape[1] // 200_000)]
+            if "uint8" in data.layout.dtype or (v.min() >= 0 and 1.5 < v.max() <= 255):
+                scale.update(lo=torch.zeros(3), span=torch.full((3,), 255.0))
+            elif v.min() >= 0 and v.max() <= 1:
+                scale.update(lo=torch.zeros(3), span=torch.ones(3))
+            else:
+                lo, hi = torch.quantile(v, 0.005, dim=1), torch.quantile(v, 0.995, dim=1)
+                scale.update(lo=lo, span=(hi - lo).clamp_min(1e-6))
+        lo, span = scale["lo"].view(1, 1, 3, 1, 1), scale["span"].view(1, 1, 3, 1, 1)
+        return ((x - lo) / span).clamp(0, 1)
+
+    return convert
+
+
+def _take_features(ctx: Context, backbone: nn.Module,
+                   prepare: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    """Per-frame grid and GAP features of `backbone` (eval mode) on up to a budget of clips
+    per split, each batch as `prepare` makes it from the model's input.
+
+    Sized by the counted cost of the first batch (`cost.py`): as many clips as fit
+    FEATURE_SHARE of the whole budget on the reference machine, whatever else runs here (the
+    work clock stops it only at the diagnosis's safety stop, `Budget.deadline`); clips come
+    in a seeded order mixing splits and classes, so a cut run still covers them all."""
     chosen = _split_quota(samples(ctx), ctx.budget.scale(600, minimum=16), ctx.seed)
     allowed = max(2.0, FEATURE_SHARE * ctx.budget.seconds)
     was_training = backbone.training
@@ -94,7 +177,7 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
     try:
         for i in range(0, len(chosen), batch):
             part = chosen[i:i + batch]
-            clips, _ = clip_batch(ctx, part, train=False)  # (B, T, C, H, W)
+            clips = prepare(clip_batch(ctx, part, train=False)[0])  # (B, T, C, H, W)
             if i == 0:
                 first: list = []
                 flops = forward_flops(backbone, lambda: first.append(_features(backbone, clips)))
@@ -106,7 +189,7 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
             gaps.append(gap)
             used.extend(part)
             if len(used) >= most or work_clock() > ctx.budget.deadline():
-                log.info("clip_features: budget reached after %d of %d clips", len(used),
+                log.info("features: budget reached after %d of %d clips", len(used),
                          len(chosen))
                 break
     finally:
@@ -264,16 +347,31 @@ def _cleaned_recall(X: np.ndarray, y: np.ndarray, flagged: np.ndarray, seed: int
 
 
 # 0.5-0.7 s measured beyond clip_features
-@probe("label_issues", min_s=1.0, needs=("clip_features",))
+def _own_weights(ctx: Context) -> str | None:
+    """Where the built-in backbone's weights came from ("hub", "package:...", a file), or
+    None when its features cannot judge labels: a user's model, or random weights."""
+    if ctx.user_model:
+        return None
+    try:
+        info = getattr(base_model(ctx), "info", None)
+    except Exception:  # noqa: BLE001 — a model that cannot be built judges nothing
+        return None
+    weights = getattr(info, "weights", None)
+    return None if weights in (None, "random") else weights
+
+
+@probe("label_issues", min_s=1.0, needs=("clip_features", "reference_features"))
 def label_issues(ctx: Context, probes: Probes) -> dict:
     """cleanlab's `find_label_issues` (prune_by_noise_rate) on out-of-fold probabilities of a
-    linear probe over frozen clip features; classes with fewer than 3 sampled clips are left
-    out (cross-validation needs them in every fold)."""
+    linear probe over frozen clip features: the built-in backbone's when it has real weights,
+    else the reference backbone's (`reference_features`); classes with fewer than 3 sampled
+    clips are left out (cross-validation needs them in every fold)."""
     import warnings
 
     from cleanlab.filter import find_label_issues
 
-    feats = probes.get("clip_features")
+    own = _own_weights(ctx)
+    feats = probes.get("clip_features" if own else "reference_features")
     labels = np.asarray(feats["labels"])
     counts = Counter(labels.tolist())
     keep = np.array([counts[v] >= 3 for v in labels])
@@ -310,9 +408,9 @@ def label_issues(ctx: Context, probes: Probes) -> dict:
         "kept": int(np.sum(kept_y == c)), "kept_wrong": int(np.sum(~right & (kept_y == c))),
         "cleaned_recall": None if np.isnan(recall[c]) else round(float(recall[c]), 4)}
         for c in range(len(present))}
-    info = getattr(base_model(ctx), "info", None)
     return {"clips": int(len(y)), "classes": len(present),
-            "backbone_weights": getattr(info, "weights", None),  # "random" | "hub" | a file
+            "backbone_weights": own or "reference",  # "hub" | "package:..." | a file
+            "features": "the model's backbone" if own else feats["backbone"],
             "probe_accuracy": round(float((pred == y).mean()), 4),
             "cleaned_accuracy": (round(float(np.nanmean(recall)), 4)  # balanced, unflagged clips
                                  if not np.isnan(recall).all() else None),
