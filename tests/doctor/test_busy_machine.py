@@ -114,3 +114,17 @@ def test_the_safety_stop_ends_a_diagnosis_whose_model_costs_far_more_than_counte
     reasons = " ".join(s["reason"] for s in report.skipped_probes)
     assert "budget" in cut or "did 1x the work" in reasons, (cut, reasons)
     assert work < 4 * 4, f"{work:.1f} s of CPU for a 4 s budget, guarded at 4 s"
+
+
+def test_grouped_convolutions_count_at_their_cpu_cost():
+    """A depthwise convolution's operation costs GROUPED_COST dense ones (memory-bound on a
+    CPU): the same layer shapes count far more as depthwise than their raw operations say, so
+    a plan on an EfficientNet (the reference backbone) is not several times short."""
+    from clipdoctor.doctor.probes.cost import GROUPED_COST, forward_flops
+
+    x = torch.randn(2, 16, 32, 32)
+    dense, depthwise = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16)
+    raw_dense = 2 * 2 * 16 * 32 * 32 * 16 * 9  # 2 * output elements * (C_in / groups) * k * k
+    assert forward_flops(dense, lambda: dense(x)) == pytest.approx(raw_dense, rel=0.01)
+    assert forward_flops(depthwise, lambda: depthwise(x)) == pytest.approx(
+        GROUPED_COST * raw_dense / 16, rel=0.01)

@@ -3,7 +3,8 @@ clips, steps and epochs each probe runs) is the same on an idle machine and on a
 
 A step's cost is its floating-point operations: PyTorch's `FlopCounterMode` counts the
 matrix products and convolutions of one forward and backward pass; recurrent layers, which it
-does not count (their CPU kernels are fused), are added from their sizes. Nominal seconds are
+does not count (their CPU kernels are fused), are added from their sizes, and grouped
+(depthwise) convolutions, far slower per operation, count GROUPED_COST times. Nominal seconds are
 those operations at NOMINAL_FLOPS plus a fixed per-step overhead: the rate of the reference
 machine, a 2-core CPU. Measured there (min of 5 steps; process CPU time over 2 threads, which a
 busy machine does not inflate the way it does the wall clock; the doctor's own idle demo
@@ -26,13 +27,21 @@ STEP_OVERHEAD_S = 0.004  # optimiser, autograd and Python per step (an MLP head'
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
-def _rnn_flops(model: nn.Module, run: Callable[[], None]) -> tuple[float, float]:
-    """(counted, recurrent) operations of `run`: FlopCounterMode's count, and the recurrent
-    layers' products from their sizes (forward 2·B·T·gates·H·(I+H) per direction and layer,
-    backward twice that)."""
+GROUPED_COST = 50.0  # a grouped (depthwise) convolution's operation costs about this many
+# dense ones on a CPU: memory-bound, little reuse. Measured (64 frames at 128 px, 2 threads,
+# beside other jobs): resnet10t / resnet18 ran 23-32 GFLOP/s, tf_efficientnet_lite0 4.2 GFLOP/s
+# with 9 % of its 16 GFLOP in depthwise convolutions, which puts them at ~1/60 of the dense rate
+
+
+def _counted_flops(model: nn.Module, run: Callable[[], None]) -> tuple[float, float, float]:
+    """(counted, recurrent, grouped) operations of `run`: FlopCounterMode's count; the
+    recurrent layers' products from their sizes (forward 2·B·T·gates·H·(I+H) per direction and
+    layer, backward twice that), which it does not count (their CPU kernels are fused); and
+    the forward operations of grouped convolutions, which it counts at the dense rate."""
     from torch.utils.flop_counter import FlopCounterMode
 
     seen: list[float] = []
+    grouped: list[float] = []
 
     def hook(m: nn.RNNBase, inputs: tuple, output: object) -> None:
         x = inputs[0]
@@ -49,27 +58,35 @@ def _rnn_flops(model: nn.Module, run: Callable[[], None]) -> tuple[float, float]
             size = h * dirs
         seen.append(3 * total)  # forward + backward
 
+    def conv_hook(m: nn.Conv2d, inputs: tuple, output: Tensor) -> None:
+        if m.groups > 1:
+            k = m.kernel_size[0] * m.kernel_size[1]
+            grouped.append(2.0 * output.numel() * (m.in_channels // m.groups) * k)
+
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, nn.RNNBase)]
+    handles += [m.register_forward_hook(conv_hook) for m in model.modules()
+                if isinstance(m, nn.Conv2d)]
     try:
         with FlopCounterMode(display=False) as counter:
             run()
     finally:
         for h in handles:
             h.remove()
-    return float(counter.get_total_flops()), float(sum(seen))
+    return float(counter.get_total_flops()), float(sum(seen)), float(sum(grouped))
 
 
 def step_flops(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
                loss_fn: Callable, forward: Callable[[nn.Module, Tensor], Tensor]) -> float:
-    """Operations of one training step of `model` on (x, y) (forward, backward, the step)."""
+    """Operations of one training step of `model` on (x, y) (forward, backward, the step), in
+    dense-equivalent operations (grouped convolutions at GROUPED_COST each)."""
     def run() -> None:
         opt.zero_grad(set_to_none=True)
         loss_fn(forward(model, x), y).backward()
         opt.step()
 
-    counted, recurrent = _rnn_flops(model, run)
-    return counted + recurrent
+    counted, recurrent, grouped = _counted_flops(model, run)
+    return counted + recurrent + 3 * (GROUPED_COST - 1) * grouped  # forward + backward
 
 
 def nominal_seconds(flops: float, steps: int = 1) -> float:
@@ -78,9 +95,9 @@ def nominal_seconds(flops: float, steps: int = 1) -> float:
 
 
 def forward_flops(model: nn.Module, run: Callable[[], object]) -> float:
-    """Operations of `run` (a forward pass through `model`, no backward)."""
-    counted, recurrent = _rnn_flops(model, lambda: run())
-    return counted + recurrent / 3  # recurrent layers counted forward only
+    """Operations of `run` (a forward pass through `model`, no backward), dense-equivalent."""
+    counted, recurrent, grouped = _counted_flops(model, lambda: run())
+    return counted + recurrent / 3 + (GROUPED_COST - 1) * grouped  # recurrent: forward only
 
 
 def nominal_forward_s(flops: float) -> float:
