@@ -178,8 +178,10 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         raise ClipdoctorError(f"{args.run}: not a run folder (no config.yaml)")
     base = load_config(args.run / "config.yaml") if args.run is not None else None
     config = _run_config(args, base)
+    model, optimizer = _keras_model(args)
     data = _load_data(args.data, config)
-    report = diagnose(data, config=config, budget_s=args.budget, run=args.run)
+    report = diagnose(data, config=config, model=model, optimizer=optimizer,
+                      budget_s=args.budget, run=args.run)
     console = Console(soft_wrap=True)
     print_report(report, console)
     if args.json:
@@ -195,17 +197,66 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keras_model(args: argparse.Namespace) -> tuple[object | None, object | None]:
+    """(model, optimizer) for `--keras FILE`: the loaded model's adapter (one-line errors
+    naming the file), and its compiled optimizer at `--lr` when --lr is given (a model saved
+    without a compile config trains with Adam at the config's lr, --lr included); (None, None)
+    without --keras."""
+    if getattr(args, "keras", None) is None:
+        return None, None
+    from clipdoctor.interop.keras import KerasAdapter
+
+    adapter = KerasAdapter.from_file(args.keras, safe_mode=not args.keras_unsafe)
+    lr = getattr(args, "cfg:train.lr", None)
+    if lr is not None and adapter.make_optimizer is not None:
+        return adapter, adapter.make_optimizer.with_lr(lr)
+    return adapter, None
+
+
+def _add_keras_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keras", type=Path, metavar="MODEL.keras",
+                   help="diagnose this Keras 3 model (saved with model.save('model.keras')) "
+                   "instead of clipdoctor's own: pip install clipdoctor[keras]")
+    p.add_argument("--keras-unsafe", action="store_true",
+                   help="load a Keras model whose Lambda layers hold Python code (Keras' "
+                   "safe_mode=False: only for files you trust)")
+
+
 def _cmd_repair(args: argparse.Namespace) -> int:
     from clipdoctor.doctor.repair import repair
     from clipdoctor.report.terminal import print_repair, print_report
 
     config = _run_config(args)
+    if args.keras is not None:
+        return _advise_keras(args, config)
     data = _load_data(args.data, config)
     console = Console(soft_wrap=True)
     result = repair(data, config=config, out=args.out, seeds=args.seeds, epochs=args.trial_epochs,
                     budget_s=args.budget, say=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
     print_report(result.report, console)
     print_repair(result, console)
+    return 0
+
+
+def _advise_keras(args: argparse.Namespace, config: RunConfig) -> int:
+    """`repair --keras`: repair cannot re-train a Keras model; the diagnosis and each
+    finding's advice (in Keras terms) are printed and written to OUT/advice.json."""
+    from rich.text import Text
+
+    from clipdoctor.doctor.repair import KERAS_NO_RETRAIN, advise
+    from clipdoctor.report.terminal import print_report
+
+    model, optimizer = _keras_model(args)
+    data = _load_data(args.data, config)
+    console = Console(soft_wrap=True)
+    report, advice = advise(data, model, config=config, optimizer=optimizer, out=args.out,
+                            budget_s=args.budget,
+                            say=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+    print_report(report, console)
+    console.print(Text(KERAS_NO_RETRAIN + ".", style="bold yellow"))
+    for a in advice:
+        console.print(Text(f"advice ({a['code']}): {a['remedy']}"))
+    console.print(f"advice: {args.out / 'advice.json'}", highlight=False)
     return 0
 
 
@@ -360,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds for all measurements (probes shrink to fit; default 120)")
     p.add_argument("--fail-on", choices=["error", "warning"],
                    help="exit 1 when a finding at or above this severity holds (for CI)")
+    _add_keras_options(p)
     _add_config_flags(p)
     p.set_defaults(func=_cmd_diagnose)
 
@@ -372,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of each brief re-training (default: up to 30 on cached "
                    "features, 8 end to end)")
     p.add_argument("--budget", type=float, default=120.0, help="seconds for the diagnosis")
+    _add_keras_options(p)
     _add_config_flags(p)
     p.set_defaults(func=_cmd_repair)
 

@@ -241,3 +241,36 @@ def repair(data: Any, *, config: RunConfig | None = None, out: str | Path = "run
     save_config(result.config, out / "config.yaml")
     atomic_write_text(out / "repair.json", json.dumps(result.to_dict(), indent=1))
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# models repair cannot re-train
+
+KERAS_NO_RETRAIN = ("repair re-trains clipdoctor's own models from a run config; it cannot "
+                    "re-train a Keras model. Apply the advice below in your Keras code, then "
+                    "run `clipdoctor diagnose` again on the re-saved model")
+
+
+def advise(data: Any, model: Any, *, config: RunConfig | None = None,
+           optimizer: Any = None, out: str | Path = "runs/repair", budget_s: float = 120.0,
+           say: Callable[[str], None] | None = None) -> tuple[Report, list[dict]]:
+    """`repair` for a model it cannot re-train (a Keras model, given as a keras.Model or an
+    `interop.keras.KerasAdapter`; `optimizer` as `diagnose` takes it): diagnose it, write
+    OUT/diagnosis.json and OUT/advice.json, and return (report, advice): each finding's code,
+    severity, title and remedy (worded for the model's framework by the checks), most
+    important first."""
+    from clipdoctor.doctor.runner import diagnose
+    from clipdoctor.io import atomic_write_text
+    from clipdoctor.training.run import check_writable
+
+    out = Path(out)
+    check_writable(out)
+    say = say or log.info
+    say(f"diagnosing (budget {budget_s:g} s)")
+    report = diagnose(data, config=config, model=model, optimizer=optimizer, budget_s=budget_s)
+    report.to_json(out / "diagnosis.json")
+    advice = [{"code": f.code, "severity": f.severity, "title": f.title, "remedy": f.remedy}
+              for f in report.findings]
+    atomic_write_text(out / "advice.json", json.dumps(
+        {"retrained": False, "why": KERAS_NO_RETRAIN, "advice": advice}, indent=1))
+    return report, advice

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ from clipdoctor.doctor.probes import (PROBES, Budget, Context, Probes, ProbeSkip
                                         data_classes, default_loss, samples, with_needs)
 from clipdoctor.doctor.probes.results import TIMING_KEY, Result
 from clipdoctor.doctor.registry import CHECKS, Check
+from clipdoctor.errors import ClipdoctorError
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,9 @@ def load_checks() -> None:
     a check requires, or a probe needs, a probe that does not exist."""
     from clipdoctor.doctor.checks import data, model, temporal, training  # noqa: F401
     from clipdoctor.doctor.probes import (clip_scan, features, grad_stats,  # noqa: F401
-                                            lr_range, model_behaviour, model_features,
-                                            overfit_batch, run, short_run, temporal_eval)
+                                            keras_graph, lr_range, model_behaviour,
+                                            model_features, overfit_batch, run, short_run,
+                                            temporal_eval)
     from clipdoctor.doctor.probes import data as _d, model as _m, training as _t  # noqa: F401
 
     reads = [(f"check '{c.name}'", p) for c in CHECKS.values() for p in c.requires]
@@ -142,13 +145,93 @@ def fit_config(config: RunConfig, data: Any) -> RunConfig:
     return config.model_copy(update={"data": fitted})
 
 
+@dataclass
+class KerasInputs:
+    """A Keras model as the doctor takes it (`keras_inputs`): the torch module, loss and
+    optimizer, the run config fitted to the model's input, and the architecture facts."""
+
+    model: nn.Module
+    loss_fn: Callable
+    optimizer: Callable | torch.optim.Optimizer
+    config: RunConfig
+    facts: dict
+
+
+def keras_inputs(model: Any, config: RunConfig, loss_fn: Callable | None,
+                 optimizer: Callable | torch.optim.Optimizer | None) -> KerasInputs | None:
+    """For a ``keras.Model`` (or an `interop.keras.KerasAdapter`) given as `model`: its torch
+    wrapper (`KerasAdapter.module`), the compiled loss unless `loss_fn` is given, the
+    compiled optimizer unless `optimizer` is given, the config's data.frames / data.size set
+    from the model's input shape, and its facts; None for any other model (keras is never
+    imported for it).
+
+    A model saved without a compile config: categorical cross-entropy matching the output
+    (on probabilities after a softmax, as Keras' default from_logits=False, else on logits),
+    and Adam at the config's train.lr (``--lr``), each stated in the facts' notes."""
+    from clipdoctor.interop.keras import (KerasAdapter, ProbabilityCrossEntropy,
+                                          TorchOptimizerFactory, is_keras_model)
+
+    if isinstance(model, KerasAdapter):
+        adapter = model
+    elif is_keras_model(model):
+        adapter = KerasAdapter(model)
+    else:
+        return None
+    facts = adapter.facts()
+    notes = facts.setdefault("notes", [])
+    if loss_fn is None:
+        loss_fn = adapter.loss_fn
+        if loss_fn is None:
+            loss_fn = (ProbabilityCrossEntropy() if adapter.outputs_probabilities
+                       else torch.nn.functional.cross_entropy)
+            notes.append("the model was saved without a compile config: the doctor trains it "
+                         "with categorical cross-entropy on its "
+                         f"{'probabilities' if adapter.outputs_probabilities else 'logits'}")
+    if optimizer is None:
+        optimizer = adapter.make_optimizer
+        if optimizer is None:
+            optimizer = TorchOptimizerFactory("Adam", (("lr", float(config.train.lr)),))
+            notes.append(f"the model was saved without a compile config: the doctor trains it "
+                         f"with Adam at lr {config.train.lr:g} (set it with --lr)")
+    facts["loss_fn"] = getattr(loss_fn, "describe", lambda: getattr(
+        loss_fn, "__name__", type(loss_fn).__name__))()
+    facts["optimizer_fn"] = (optimizer.describe() if hasattr(optimizer, "describe")
+                             else type(optimizer).__name__)
+    return KerasInputs(adapter.module, loss_fn, optimizer,
+                       _keras_config(config, adapter.frames, adapter.size), facts)
+
+
+def _keras_config(config: RunConfig, frames: int | None, size: Any) -> RunConfig:
+    """The run config's data section fitted to a Keras model's input: T frames of size x size
+    (a fixed, square input; a dynamic or non-square one leaves that part as it is)."""
+    update: dict = {}
+    if frames:
+        update["frames"] = int(frames)
+    if isinstance(size, int):
+        update.update(size=size, frame_size=max(size, config.data.frame_size))
+    if not update:
+        return config
+    try:
+        fitted = type(config.data).model_validate({**config.data.model_dump(), **update})
+    except Exception as e:  # noqa: BLE001 — sizes the config refuses: one clear line
+        raise ClipdoctorError(f"the Keras model takes {frames} frames of {size} px, which the "
+                              f"run config refuses ({_first_line(e)})") from None
+    return config.model_copy(update={"data": fitted})
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]
+
+
 def build_context(data: Any = None, *, config: RunConfig | None = None,
-                  model: nn.Module | None = None, loss_fn: Callable | None = None,
+                  model: Any = None, loss_fn: Callable | None = None,
                   optimizer: Callable | torch.optim.Optimizer | None = None,
                   budget_s: float = 120.0, run: str | Path | None = None,
                   augment: Callable | None = None) -> Context:
     """The probes' context for the built-in model (from `config`) or the user's own module;
     `run` is a run folder whose recorded training (e.g. a non-finite loss) checks may read.
+    A ``keras.Model`` given as `model` is diagnosed through its torch wrapper
+    (`keras_inputs`: its compiled loss and optimizer unless given, its facts in `ctx.keras`).
 
     `optimizer`: a factory of the parameters, a factory of the model, or a ready Optimizer
     built on `model` (`doctor/optimizers.py` says how the forms are told apart); rebuilt on
@@ -159,6 +242,10 @@ def build_context(data: Any = None, *, config: RunConfig | None = None,
     optimizer (unless `optimizer` is given) `train`'s AdamW with its parameter groups."""
     data = as_data(data, augment)  # the user's own Datasets -> UserData (DataError otherwise)
     config = fit_config(config or RunConfig(), data)
+    keras = keras_inputs(model, config, loss_fn, optimizer)
+    if keras is not None:  # a keras.Model: its torch wrapper, compiled loss and optimizer
+        model, loss_fn, optimizer = keras.model, keras.loss_fn, keras.optimizer
+        config = keras.config
     if model is not None:
         initial = copy.deepcopy(model).cpu()  # the user's module is never touched
         for p in initial.parameters():
@@ -182,7 +269,8 @@ def build_context(data: Any = None, *, config: RunConfig | None = None,
                   make_optimizer=make_optimizer, data=data, user_model=model is not None,
                   budget=Budget(budget_s), seed=config.seed,
                   run=Path(run) if run is not None else None,
-                  augment=augment if augment is not None else getattr(data, "augment", None))
+                  augment=augment if augment is not None else getattr(data, "augment", None),
+                  keras=keras.facts if keras is not None else None)
     if model is None and loss_fn is None:  # the built-in model trains with train's own loss
         ctx.loss_fn = RunLoss(config.train.class_weighting, config.train.label_smoothing,
                               lambda: run_class_weights(ctx))
@@ -213,7 +301,7 @@ def _public(value: Any) -> Any:
     return value
 
 
-def diagnose(data: Any = None, *, config: RunConfig | None = None, model: nn.Module | None = None,
+def diagnose(data: Any = None, *, config: RunConfig | None = None, model: Any = None,
              loss_fn: Callable | None = None,
              optimizer: Callable | torch.optim.Optimizer | None = None,
              budget_s: float = 120.0, checks: list[str] | None = None,
@@ -222,7 +310,9 @@ def diagnose(data: Any = None, *, config: RunConfig | None = None, model: nn.Mod
     (`config`) or the user's `model`; with `run`, also what that run folder recorded
     (RUN/failure.json). `data`: what `load_dataset` returns, or anything it takes (a path,
     (X, y) arrays, the user's own Dataset / DataLoader); `augment`: the user's own clip
-    augmentation (a callable on one clip), tested by `inconsistent-augmentation`."""
+    augmentation (a callable on one clip), tested by `inconsistent-augmentation`. `model` may
+    be a ``keras.Model`` (Keras 3; see `keras_inputs`): the report's model section then holds
+    ``framework: "keras"`` and the facts read from its graph under ``keras``."""
     started = time.perf_counter()
     data = as_data(data, augment)  # before anything runs: a bad data form is one clear error
     selected = selected_checks(checks)
@@ -239,6 +329,9 @@ def diagnose(data: Any = None, *, config: RunConfig | None = None, model: nn.Mod
     if hasattr(ctx.data, "describe"):  # the user's own Datasets: form and layout, always stated
         dataset = {**ctx.data.describe(), **dataset}
     model_info = public.pop("model_summary", {})
+    public.pop("keras_graph", None)  # the facts are the model section's (below), not a probe's
+    if ctx.keras is not None:  # what was read from the Keras graph, beside torch's view
+        model_info = {**model_info, "framework": "keras", "keras": ctx.keras}
     return Report(findings=findings, probes=public, dataset=dataset, model=model_info,
                   skipped=skipped, skipped_probes=skipped_probes(probes, selected),
                   failures=failed_probes(probes, selected) + failures,

@@ -378,6 +378,22 @@ def test_black_clips_normalised_per_channel_are_blank():
     assert len(report.findings[0].evidence["blank_or_short"]) >= 4
 
 
+def test_black_stand_ins_on_both_sides_of_a_split_are_corrupt_not_leaked():
+    """A Dataset returning a black clip for each file it cannot decode, in train and in val:
+    the black clips are identical, yet they share nothing but the failure (bench: 31 such
+    pairs were reported as train-val-leakage)."""
+    black = -torch.tensor([0.485, 0.456, 0.406])[:, None, None] / torch.tensor(
+        [0.229, 0.224, 0.225])[:, None, None]
+    train_clips, train_labels = make((12, 12))
+    val_clips, val_labels = make((4, 4), start=50)
+    for clips in (train_clips, val_clips):
+        for i in range(0, len(clips), 4):
+            clips[i] = black.expand_as(clips[i]).clone()
+    report = run(ClipDataset(train_clips, train_labels), ClipDataset(val_clips, val_labels),
+                 checks=["corrupt_clips", "split_leakage"])
+    assert set(codes(report)) == {"corrupt-clips"}  # 25 % of the clips: an error
+
+
 class SomeBroken(ClipDataset):
     """A Dataset whose reads fail for some items (a file that vanished, say)."""
 

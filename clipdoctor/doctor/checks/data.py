@@ -284,12 +284,17 @@ def split_classes(probes: Probes) -> list[Finding]:
 
 # ==== train / val leakage =====================================================================
 
-@check("train-val-leakage", order=30, requires=("leakage",))
+@check("train-val-leakage", order=30, requires=("leakage", "clip_scan"))
 def split_leakage(probes: Probes) -> list[Finding]:
     """Source groups (UCF101 `_gNN_`) on both sides of a split, and near-duplicate clips
-    across splits (pixel correlation of the sampled frames >= NEAR_DUP)."""
+    across splits (pixel correlation of the sampled frames >= NEAR_DUP). Two blank clips
+    (black or one colour: a Dataset's stand-in for a file it cannot read) are alike without
+    sharing anything: corrupt-clips reports them, not this check."""
     lk = probes.get("leakage")
-    dups = [p for p in lk["nearest"] if p["pixel"] >= NEAR_DUP]
+    scan = get(probes, "clip_scan", optional=True)
+    blank = {c["path"] for c in _bad_clips(scan) if "frames are" in c["reason"]} if scan else set()
+    dups = [p for p in lk["nearest"] if p["pixel"] >= NEAR_DUP
+            and not (p["a"] in blank and p["b"] in blank)]
     if not lk["groups_leaked"] and not dups:
         return []
     eval_clips = max(1, lk["eval_clips"])
@@ -524,20 +529,33 @@ def input_normalization(probes: Probes) -> list[Finding]:
         effect=1.0)]
 
 
-@check("inconsistent-augmentation", order=16, requires=("augmentation",))
+@check("inconsistent-augmentation", order=16, requires=("augmentation", "keras_graph"))
 def augmentation_consistency(probes: Probes) -> list[Finding]:
-    """One repeated frame through the training transform must stay identical frame to frame."""
+    """One repeated frame through the training transform must stay identical frame to frame
+    (the user's augment=, or a Keras model's random layers inside TimeDistributed)."""
     au = probes.get("augmentation")
     jitter, motion = au["jitter"], au["motion"]
     if jitter < JITTER_MIN:
         return []
     ratio = jitter / motion if motion > 0 else float("inf")
-    users = au.get("source")  # "augment=<name>": the user's own clip augmentation
+    users = au.get("source")  # "augment=<name>" or "Keras layer '...'": the user's own
+    keras = get(probes, "keras_graph", optional=True) is not None
     remedy = ("Draw augmentation parameters once per clip (data.augment.per_frame: false; "
               "torchvision v2 on a tv_tensors.Video does this).") if not users else (
         f"Make {users} draw its random parameters once per clip and apply them to every frame "
         "(torchvision.transforms.v2 on the whole (T, C, H, W) clip or a tv_tensors.Video does; "
         "a loop over frames calling a random transform does not).")
+    if au.get("keras_layers"):
+        named = ", ".join(f"'{n}'" for n in au["keras_layers"])
+        remedy = ("Apply one random transform to the whole clip (draw the parameters once per "
+                  f"clip), not a random layer inside TimeDistributed: move {named} out of the "
+                  "model into the input pipeline (e.g. a tf.data / numpy step that "
+                  "transforms all T frames alike), or apply it to the clip reshaped to one "
+                  "image (frames stacked along the channels).")
+    elif keras and users:
+        remedy = (f"Apply one random transform to the whole clip in {users} (draw the parameters "
+                  "once per clip and apply them to every frame), not one per frame; "
+                  "ImageDataGenerator.random_transform called frame by frame draws per frame.")
     return [Finding(
         "inconsistent-augmentation", "error" if ratio >= JITTER_ERROR else "warning",
         f"{'Your ' + users if users else 'The training transform'} changes identical frames "
@@ -546,7 +564,7 @@ def augmentation_consistency(probes: Probes) -> list[Finding]:
          "jitter_over_motion": ratio if math.isfinite(ratio) else "inf",
          "jitter_min": JITTER_MIN, "error_at_ratio": JITTER_ERROR,
          "per_frame_setting": au.get("per_frame_setting"), "source": users,
-         "units": au.get("units")},
+         "units": au.get("units"), "keras_layers": au.get("keras_layers")},
         remedy,
         effect=min(3.0, ratio) if math.isfinite(ratio) else 3.0)]
 

@@ -106,11 +106,14 @@ def loss_output_fit(probes: Probes) -> list[Finding]:
     return []
 
 
-@check("double-softmax", order=20, requires=("behaviour", "structure"))
+@check("double-softmax", order=20, requires=("behaviour", "structure", "keras_graph"))
 def double_softmax(probes: Probes) -> list[Finding]:
     """Probability outputs (rows in [0, 1] summing to 1) into a loss that applies its own
-    softmax (shift-invariant, like cross-entropy) or expects log-probabilities (NLL)."""
+    softmax (shift-invariant, like cross-entropy) or expects log-probabilities (NLL). A Keras
+    softmax into a loss compiled with from_logits=False is correct (that loss takes
+    probabilities, and is not shift-invariant)."""
     b = probes.get("behaviour")
+    keras = get(probes, "keras_graph", optional=True)
     final = (get(probes, "structure", optional=True) or {}).get("final_op")
     K = b["output_shape"][-1] if b.get("output_shape") else None
     ev = {"output_min": b.get("output_min"), "output_max": b.get("output_max"),
@@ -128,7 +131,10 @@ def double_softmax(probes: Probes) -> list[Finding]:
             f"The model outputs {what} into a loss that applies softmax again: the loss cannot "
             f"fall below {floor:.2f}" if floor is not None else
             f"The model outputs {what} into a loss that applies softmax again",
-            {**ev, "loss_floor": floor, "classes": K},
+            {**ev, "loss_floor": floor, "classes": K, **_keras_loss_evidence(keras)},
+            "Compile with from_logits=False (the Keras default) for the softmax output, or end "
+            "the model with Dense(K) (no activation) and keep from_logits=True; apply softmax "
+            "only when reading predictions." if keras is not None else
             "Remove the final softmax / sigmoid from the model (nn.CrossEntropyLoss takes raw "
             "logits); apply softmax only when reading predictions.", floor or 1.0)]
     if (b.get("loss_on_outputs") or 0.0) < 0:
@@ -139,6 +145,15 @@ def double_softmax(probes: Probes) -> list[Finding]:
             ev, "End the model with log_softmax instead of softmax for nn.NLLLoss, or return "
             "raw logits and use nn.CrossEntropyLoss.", 1.0)]
     return []
+
+
+def _keras_loss_evidence(keras: dict | None) -> dict:
+    """What the Keras graph and compile config say about the output and the loss."""
+    if keras is None:
+        return {}
+    return {"keras_output_activation": keras.get("output_activation"),
+            "keras_loss": keras.get("loss"),
+            "compile_from_logits": keras.get("compile_from_logits")}
 
 
 @check("batch-time-swapped", order=20, requires=("behaviour",))
@@ -172,25 +187,35 @@ def batch_time_axes(probes: Probes) -> list[Finding]:
         math.log(max((b.get("output_shape") or [0, 2])[-1], 2)))]  # the whole loss is at stake
 
 
-@check("bidirectional-last-step", order=25, requires=("behaviour", "structure"))
+@check("bidirectional-last-step", order=25, requires=("behaviour", "structure", "keras_graph"))
 def bidirectional_readout(probes: Probes) -> list[Finding]:
-    """A bidirectional RNN read at output[:, -1]: its backward half there has seen one frame."""
-    b = probes.get("behaviour")
+    """A bidirectional RNN read at output[:, -1]: its backward half there has seen one frame.
+    For a Keras model (whose RNNs torch hooks cannot see) the graph says it: a Bidirectional
+    with return_sequences=True whose output is read at x[:, -1]."""
+    keras = get(probes, "keras_graph", optional=True)
+    b = get(probes, "behaviour", optional=keras is not None) or {}
     fx_reads = (get(probes, "structure", optional=True) or {}).get("last_step_reads", [])
     hits = [r for r in b.get("rnns", []) if r.get("bidirectional")
             and (r.get("backward_last_share") or 0.0) >= LAST_STEP_SHARE]
-    names = sorted({r["name"] for r in hits} | set(fx_reads))
+    keras_reads = (keras or {}).get("bidirectional_last_step") or []
+    names = sorted({r["name"] for r in hits} | set(fx_reads) | {r["layer"] for r in keras_reads})
     if not names:
         return []
+    frames = b.get("frames") or ((keras or {}).get("input_shape") or [None])[0]
     ev = {"rnns": names, "backward_last_share": {r["name"]: r["backward_last_share"] for r in hits},
           "threshold": LAST_STEP_SHARE, "read_at_last_step (torch.fx)": fx_reads,
-          "frames": b.get("frames")}
+          "frames": frames}
+    if keras is not None:
+        ev["read_at_last_step (Keras graph)"] = keras_reads
+    remedy = ("Use Bidirectional(LSTM(..., return_sequences=False)) (Keras joins the forward "
+              "RNN's last step with the backward RNN's own), or concatenate the forward half at "
+              "the last step with the backward half at step 0." if keras is not None else
+              "Read the final states of both directions: torch.cat([h_n[-2], h_n[-1]], 1) (or "
+              "output[:, -1, :H] with output[:, 0, H:]); the built-in --head bilstm does this.")
     return [Finding(
         "bidirectional-last-step", "warning",
         f"Bidirectional RNN '{names[0]}' is read at its last step: the backward direction "
-        f"there has seen only the last of {b.get('frames')} frames",
-        ev, "Read the final states of both directions: torch.cat([h_n[-2], h_n[-1]], 1) (or "
-        "output[:, -1, :H] with output[:, 0, H:]); the built-in --head bilstm does this.", 0.5)]
+        f"there has seen only the last of {frames} frames", ev, remedy, 0.5)]
 
 
 @check("unmasked-padding", order=30, requires=("behaviour",))
@@ -357,12 +382,23 @@ def motion_visibility(probes: Probes) -> list[Finding]:
           "probe": "logistic regression on per-frame PCA-32 features: clip mean and "
                    "late-minus-early difference, 3-fold CV"}
     with_diff = used == "gap+rgbdiff"
-    remedy = ("Keep position in the per-frame features: --pool grid (measured on the demo's "
-              "direction pairs: the RGB-difference stream under global pooling still cannot tell "
-              "left from right; --pool grid --rgb-diff shared was the best row)." if with_diff else
-              "Keep position in the per-frame features: --pool grid (or --pool attention), and "
-              "add the RGB-difference stream (--rgb-diff shared) for direction; --rgb-diff alone "
-              "with --pool gap recovered growth / rotation pairs but not left / right.")
+    keras = m.get("framework") == "keras"
+    if keras:
+        ev.update(keras_pools=m.get("keras_pools"), features=m.get("features"))
+    if keras:
+        remedy = ("Keep spatial features: pooling=None on the backbone and a Conv2D / Reshape "
+                  "per frame (inside TimeDistributed) instead of the global pooling "
+                  f"('{m.get('pool')}'), or feed frame differences (x[:, 1:] - x[:, :-1]) "
+                  "beside the frames.")
+    elif with_diff:
+        remedy = ("Keep position in the per-frame features: --pool grid (measured on the demo's "
+                  "direction pairs: the RGB-difference stream under global pooling still cannot "
+                  "tell left from right; --pool grid --rgb-diff shared was the best row).")
+    else:
+        remedy = ("Keep position in the per-frame features: --pool grid (or --pool attention), "
+                  "and add the RGB-difference stream (--rgb-diff shared) for direction; "
+                  "--rgb-diff alone with --pool gap recovered growth / rotation pairs but not "
+                  "left / right.")
     ev["rgb_diff"] = with_diff
     return [Finding(
         "motion-invisible-features", "warning",

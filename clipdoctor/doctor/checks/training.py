@@ -549,10 +549,11 @@ def over_regularized(probes: Probes) -> list[Finding]:
         effect=min(2.0, (with_reg - without) / ln_k))]
 
 
-@check("class-weights-unused", order=10, requires=("dataset",))
+@check("class-weights-unused", order=10, requires=("dataset", "keras_graph"))
 def class_weights(probes: Probes) -> list[Finding]:
     """Imbalanced classes while neither the loss nor the sampler weights them. A user loss
-    that is not a (weighted or plain) cross-entropy is not guessed at: the check is skipped."""
+    that is not a (weighted or plain) cross-entropy is not guessed at: the check is skipped.
+    A Keras model's file holds no class weights (Keras takes them in fit, not compile)."""
     d = probes.get("dataset")
     weighting = d.get("class_weighting", "none")
     im = imbalance(d)
@@ -561,7 +562,11 @@ def class_weights(probes: Probes) -> list[Finding]:
     if weighting == "unknown":
         raise ProbeSkipped(f"the loss function '{d.get('loss')}' is not an nn.CrossEntropyLoss: "
                            "whether it weights classes is unknown")
-    if d.get("weighting_source") == "config":
+    if get(probes, "keras_graph", optional=True) is not None:
+        remedy = ("Pass class weights to fit: model.fit(..., class_weight={i: n / (k * "
+                  "count_i)}) (scikit-learn's 'balanced'); Keras does not use class weights "
+                  "given to compile, and a saved model does not record those given to fit.")
+    elif d.get("weighting_source") == "config":
         remedy = ("Use --class-weighting balanced (scikit-learn's n / (k * count) weights in "
                   "the loss).")
     else:

@@ -107,9 +107,9 @@ class RunLoss:
 
 
 def _cross_entropy_terms(fn: Callable) -> tuple[torch.Tensor | None, float] | None:
-    """(class weights, label smoothing) of a loss known to be cross-entropy on logits (the
-    run's, clipdoctor's default, an nn.CrossEntropyLoss or a partial of F.cross_entropy);
-    None for any other loss."""
+    """(class weights, label smoothing) of a loss known to be cross-entropy (the run's,
+    clipdoctor's default, an nn.CrossEntropyLoss or a partial of F.cross_entropy on logits; a
+    Keras cross-entropy on probabilities, `takes_probabilities`); None for any other loss."""
     import functools
 
     F = torch.nn.functional
@@ -121,7 +121,23 @@ def _cross_entropy_terms(fn: Callable) -> tuple[torch.Tensor | None, float] | No
         return fn.weight, float(fn.label_smoothing)
     if isinstance(fn, functools.partial) and fn.func is F.cross_entropy and not fn.args:
         return fn.keywords.get("weight"), float(fn.keywords.get("label_smoothing", 0.0))
+    if takes_probabilities(fn):
+        return None, float(fn.label_smoothing)
     return None
+
+
+def takes_probabilities(fn: Callable) -> bool:
+    """Is `fn` a cross-entropy on probabilities (a Keras loss compiled with
+    from_logits=False, `interop.keras.ProbabilityCrossEntropy`), not on logits?"""
+    from clipdoctor.interop.keras.losses import ProbabilityCrossEntropy
+
+    return isinstance(fn, ProbabilityCrossEntropy)
+
+
+def loss_input(loss_fn: Callable, logp: torch.Tensor) -> torch.Tensor:
+    """What `loss_fn` takes for the log-probabilities `logp` (B, K): probabilities for a
+    cross-entropy on probabilities, else `logp` itself (logits up to a constant)."""
+    return logp.softmax(-1) if takes_probabilities(loss_fn) else logp
 
 
 def loss_floor(loss_fn: Callable, y: torch.Tensor, k: int) -> float:
@@ -140,21 +156,22 @@ def loss_floor(loss_fn: Callable, y: torch.Tensor, k: int) -> float:
         t = eps / k * w.expand(len(y), k).clone()
         t[torch.arange(len(y)), y] += (1 - eps) * w[y]
         with torch.no_grad():
-            value = float(loss_fn(t.clamp_min(1e-12).log(), y))
+            value = float(loss_fn(loss_input(loss_fn, t.clamp_min(1e-12).log()), y))
     except Exception:  # noqa: BLE001 — labels or weights that do not fit k: no floor known
         return 0.0
     return value if math.isfinite(value) else 0.0
 
 
 def uniform_loss(loss_fn: Callable, y: torch.Tensor, k: int) -> float | None:
-    """The loss of a uniform guess (equal logits) on labels `y`: ln k for cross-entropy, with
-    or without class weights or label smoothing (about ln k when both); None for a loss that
-    is not a known cross-entropy (it may not take logits)."""
+    """The loss of a uniform guess (equal logits, or probabilities 1/k for a loss on
+    probabilities) on labels `y`: ln k for cross-entropy, with or without class weights or
+    label smoothing (about ln k when both); None for a loss that is not a known cross-entropy
+    (it may not take logits)."""
     if _cross_entropy_terms(loss_fn) is None or len(y) == 0:
         return None
     try:
         with torch.no_grad():
-            value = float(loss_fn(torch.zeros(len(y), k), y.long().cpu()))
+            value = float(loss_fn(loss_input(loss_fn, torch.zeros(len(y), k)), y.long().cpu()))
     except Exception:  # noqa: BLE001 — labels or weights that do not fit k
         return None
     return value if math.isfinite(value) else None
@@ -287,6 +304,9 @@ class Context:
     cache: dict = field(default_factory=dict)  # shared scratch between probes (e.g. a data module)
     run: Path | None = None  # a run folder (`diagnose --run`): what its training recorded
     augment: Callable | None = None  # the user's own clip augmentation (`diagnose(augment=)`)
+    # a Keras model's architecture facts (`interop.keras.KerasAdapter.facts()`, read from its
+    # graph where torch inspection cannot see inside Keras layers); None for torch models
+    keras: dict | None = None
 
 
 @dataclass(frozen=True)

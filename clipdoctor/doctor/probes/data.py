@@ -27,7 +27,8 @@ from torch import nn
 from clipdoctor.data.sources import SPLITS
 from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, _is_index, _need_index,
                                         RunLoss, base_model, clip_batch, datamodule,
-                                        default_loss, is_user_data, need_data, pick, probe)
+                                        default_loss, is_user_data, need_data, pick, probe,
+                                        takes_probabilities)
 from clipdoctor.doctor.probes.clip_scan import SCAN_SIDE
 
 
@@ -62,6 +63,8 @@ def loss_weighting(ctx: Context) -> tuple[str, str, str]:
         return ("loss" if _weighted_tensor(weight) else "none"), "loss_fn", fn.func.__name__
     if fn in (F.cross_entropy, F.nll_loss):
         return "none", "loss_fn", fn.__name__
+    if takes_probabilities(fn):  # a Keras cross-entropy on probabilities: no class weights
+        return "none", "loss_fn", fn.describe()
     return "unknown", "loss_fn", getattr(fn, "__name__", type(fn).__name__)
 
 
@@ -231,9 +234,13 @@ def augmentation(ctx: Context, probes: Probes) -> dict:
     first (normalised units). `motion` is the same step measure between consecutive frames
     of real clips after the evaluation transform: the signal the jitter competes with. With
     the user's own `augment=` (a callable on one clip), that callable is tested instead, on
-    the user's clips (`_user_augmentation`)."""
-    if ctx.augment is not None:
-        return _user_augmentation(ctx)
+    the user's clips (`_user_augmentation`); a Keras model's random augmentation layers inside
+    TimeDistributed are tested the same way (`_keras_augmentation`), and of the two the one
+    that jitters more is reported."""
+    measured = [m for m in (_user_augmentation(ctx) if ctx.augment is not None else None,
+                            _keras_augmentation(ctx)) if m is not None]
+    if measured:
+        return max(measured, key=lambda m: m["jitter"])
     if is_user_data(need_data(ctx)):
         raise ProbeSkipped("your Dataset augments inside __getitem__, where clipdoctor cannot "
                            "isolate it: pass the clip augmentation as augment=fn to test it")
@@ -370,19 +377,59 @@ def _user_augmentation(ctx: Context) -> dict:
     their Dataset yields it, or clipdoctor's pipeline clip for file data): `jitter` is the
     mean abs difference of each output frame from the first, `motion` the mean step between
     consecutive frames of the real clips; both in units of the clip's pixel std."""
-    from clipdoctor.data.user import seeded_call
-
     fn, data = ctx.augment, need_data(ctx)
     if is_user_data(data):
         train = data.readable("train") or data.readable()
         chosen = pick(train, ctx.budget.scale(4, minimum=2), ctx.seed)
         clips = [data.clip(s) for s in chosen]  # (clip as yielded, length or None)
     else:
-        dm = datamodule(ctx)
-        train = [s for s in dm.samples if s.split == "train"] or dm.samples
-        chosen = pick(train, ctx.budget.scale(4, minimum=2), ctx.seed)
-        batch, _ = clip_batch(ctx, chosen, train=False)  # (N, T, C, H, W)
+        clips = _pipeline_clips(ctx)
+    name = getattr(fn, '__name__', type(fn).__name__)
+    return _callable_jitter(ctx, fn, clips, f"augment={name}", "augment=")
+
+
+def _pipeline_clips(ctx: Context) -> list[tuple[torch.Tensor, None]]:
+    """A few training clips as the model receives them ((T, C, H, W), evaluation transform),
+    each with no length."""
+    dm = datamodule(ctx)
+    train = [s for s in dm.samples if s.split == "train"] or dm.samples
+    chosen = pick(train, ctx.budget.scale(4, minimum=2), ctx.seed)
+    batch, _ = clip_batch(ctx, chosen, train=False)  # (N, T, C, H, W)
+    return [(c, None) for c in batch]
+
+
+def _keras_augmentation(ctx: Context) -> dict | None:
+    """A Keras model's random augmentation layers inside TimeDistributed (`ctx.keras`), on a
+    fresh copy of the model, as one callable on the clips the model receives
+    (`interop.keras.frame_augmenter`); None for any other model or when it has none."""
+    if not (ctx.keras or {}).get("per_frame_random_augmentation"):
+        return None
+    from clipdoctor.interop.keras import frame_augmenter
+
+    fn = frame_augmenter(ctx.make_model())
+    if fn is None:
+        return None
+    data = need_data(ctx)
+    if is_user_data(data):
+        train = data.readable("train") or data.readable()
+        batch, _ = clip_batch(ctx, pick(train, ctx.budget.scale(4, minimum=2), ctx.seed))
         clips = [(c, None) for c in batch]
+    else:
+        clips = _pipeline_clips(ctx)
+    layers = ", ".join(f"'{n}'" for n in fn.names)
+    out = _callable_jitter(ctx, fn, clips, f"Keras layer {layers} inside TimeDistributed",
+                           "the Keras augmentation layers")
+    out["keras_layers"] = list(fn.names)
+    return out
+
+
+def _callable_jitter(ctx: Context, fn: Any, clips: list[tuple[Any, int | None]], source: str,
+                     what: str) -> dict:
+    """`fn` (a callable on one clip, frames first) on each clip's middle frame repeated T
+    times: the jitter between its output frames and the motion of the real clips, in units
+    of the clip's pixel std. `source` names `fn` in the report, `what` in errors."""
+    from clipdoctor.data.user import seeded_call
+
     jitter, motion = [], []
     for k, (clip, length) in enumerate(clips):
         t = int(length or clip.shape[0])
@@ -392,17 +439,16 @@ def _user_augmentation(ctx: Context) -> dict:
         try:
             out = _frames_of(seeded_call(fn, _still(clip, t), ctx.seed * 1000 + k))
         except Exception as e:  # noqa: BLE001 — a callable that cannot take one clip
-            raise ProbeSkipped(f"augment= raised on one clip of shape {tuple(clip.shape)}: "
+            raise ProbeSkipped(f"{what} raised on one clip of shape {tuple(clip.shape)}: "
                                f"{type(e).__name__}: {str(e)[:160]}") from e
         if out.ndim < 2 or len(out) < 2:
-            raise ProbeSkipped(f"augment= returned shape {out.shape}; it must return the clip "
+            raise ProbeSkipped(f"{what} returned shape {out.shape}; it must return the clip "
                                "with its frames first")
         jitter.append(float(np.abs(out[1:] - out[:1]).mean() / max(out.std(), 1e-12)))
         motion.append(_step(_frames_of(clip)))
     if not jitter:
-        raise ProbeSkipped("no clip of 2+ frames to test augment= on")
+        raise ProbeSkipped(f"no clip of 2+ frames to test {what} on")
     return {"clips": len(jitter), "jitter": round(float(np.mean(jitter)), 6),
             "jitter_max": round(float(np.max(jitter)), 6),
             "motion": round(float(np.mean(motion)), 6), "per_frame_setting": None,
-            "source": f"augment={getattr(fn, '__name__', type(fn).__name__)}",
-            "units": "pixel std of the clip"}
+            "source": source, "units": "pixel std of the clip"}

@@ -31,6 +31,8 @@ from clipdoctor.doctor.probes.cost import forward_flops, nominal_forward_s
 log = logging.getLogger(__name__)
 
 PROBE_C = 0.01  # inverse L2 strength of the label probe's logistic regression (see _oof_probs)
+MIN_FEATURE_CLIPS = 32  # below this the linear probes (labels, motion) say nothing: taken
+# whatever the budget (0.5-3.5 s on the reference machine)
 FEATURE_SHARE = 0.15  # clip_features may use this share of the whole budget (shared with the
 # model checks); resnet10t at 112 px: ~50 ms a clip on 2 cores, so ~350 clips at 120 s
 
@@ -89,8 +91,12 @@ def clip_features(ctx: Context, probes: Probes) -> dict:
 
 REFERENCE = "tf_efficientnet_lite0"  # ImageNet weights from a pip package, in the architecture
 # they were trained in (efficientnet_lite0 runs them with other padding: 53 % top-1 agreement)
-REFERENCE_SIDE = 128  # frames resized to this: a 4 x 4 feature map (stride 32) keeps position,
-# which the label probe needs to tell directions of motion apart (at 32 px the map is 1 x 1)
+REFERENCE_SIDE = 128  # frames resized to this: a 4 x 4 feature map (stride 32), whose 2 x 2
+# grid keeps position (at 32 px the map is 1 x 1; at 96 px, 3 x 3, the grid's cells overlap and
+# the grid accuracy on a Keras test's direction pair was 0.73 against 0.99 at 128 px)
+REFERENCE_FRAMES = 4  # evenly spaced frames of each clip: the label probe reads the mean and
+# the late-minus-early change of the features, which 4 frames give (an EfficientNet's
+# depthwise convolutions make a frame cost ~1 GFLOP dense-equivalent at 128 px, `cost.py`)
 
 
 @probe("reference_features", min_s=5.0)
@@ -98,7 +104,8 @@ def reference_features(ctx: Context, probes: Probes) -> dict:
     """`clip_features` from a reference backbone with ImageNet weights that need no network
     (REFERENCE, `models/offline_weights.py`), for the checks that judge the data itself
     (label-noise) when the model's own backbone cannot: a user's model, or random weights.
-    Clips are brought to 0..1 first (`_to_unit`) and normalised as those weights expect."""
+    Clips are brought to 0..1 first (`_to_unit`) and normalised as those weights expect;
+    REFERENCE_FRAMES frames of each, at REFERENCE_SIDE px."""
     from clipdoctor.errors import ClipdoctorError
     from clipdoctor.models.backbones import create_backbone
 
@@ -113,6 +120,8 @@ def reference_features(ctx: Context, probes: Probes) -> dict:
 
     def prepare(clips: torch.Tensor) -> torch.Tensor:
         x = (to_unit(clips) - mean) / std  # (B, T, 3, H, W)
+        keep = np.unique(np.linspace(0, x.shape[1] - 1, REFERENCE_FRAMES).round().astype(int))
+        x = x[:, torch.from_numpy(keep)]  # (B, T, ...) -> (B, REFERENCE_FRAMES, ...)
         B, T = x.shape[:2]
         x = F.interpolate(x.flatten(0, 1), size=(REFERENCE_SIDE, REFERENCE_SIDE),
                           mode="bilinear", antialias=True, align_corners=False)
@@ -181,7 +190,7 @@ def _take_features(ctx: Context, backbone: nn.Module,
             if i == 0:
                 first: list = []
                 flops = forward_flops(backbone, lambda: first.append(_features(backbone, clips)))
-                most = max(batch, int(allowed / nominal_forward_s(flops / len(part))))
+                most = max(MIN_FEATURE_CLIPS, int(allowed / nominal_forward_s(flops / len(part))))
                 grid, gap = first[0]
             else:
                 grid, gap = _features(backbone, clips)

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from clipdoctor.doctor.optimizers import describe
-from clipdoctor.doctor.probes import Context, Probes, ProbeSkipped, base_model, probe
+from clipdoctor.doctor.probes import (Context, Probes, ProbeSkipped, base_model, loss_input,
+                                        probe)
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +376,9 @@ def label_range(ctx: Context, probes: Probes) -> dict:
         yy = torch.tensor([res["label_min"], res["label_max"]])
         try:
             with torch.no_grad():
-                value = float(ctx.loss_fn(torch.zeros(2, W), yy))
+                logits = loss_input(ctx.loss_fn, torch.zeros(2, W))  # uniform (probabilities
+                # for a loss on probabilities)
+                value = float(ctx.loss_fn(logits, yy))
             res["loss_accepts_labels"] = math.isfinite(value)
         except Exception as e:  # noqa: BLE001
             res["loss_accepts_labels"] = False

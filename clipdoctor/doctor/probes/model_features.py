@@ -4,7 +4,8 @@
   probe of the pooled features at that width when it is under K - 1).
 - `motion_features`: can a linear probe over time read the motion from the features the model
   pools (gap, with the RGB-difference stream when the model has one) as well as from 2x2-grid
-  features (uses the shared `clip_features` probe).
+  features (uses the shared `clip_features` probe; for a Keras model with a global pooling per
+  frame, the reference backbone's `reference_features`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _bottleneck_probe(ctx: Context, probes: Probes, width: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # motion_features
 
-@probe("motion_features", min_s=3.0, needs=("clip_features",))
+@probe("motion_features", min_s=3.0, needs=("clip_features", "reference_features"))
 def motion_features(ctx: Context, probes: Probes) -> dict:
     """A linear probe over time on the features the model pools vs 2x2-grid features of the
     same frames; and how much each changes from frame to frame relative to its spread.
@@ -84,7 +85,12 @@ def motion_features(ctx: Context, probes: Probes) -> dict:
     uses are the frames' and the frame differences' pooled vectors side by side, and the probe
     measures those (a backbone pass over the differences). Feature differences
     (model.feature_diff) change nothing here: the probe already reads late-minus-early
-    differences of the pooled features."""
+    differences of the pooled features.
+
+    A Keras model (`ctx.keras`) whose frames end in a global pooling inside TimeDistributed is
+    measured the same way on the reference backbone's features (`_keras_motion`)."""
+    if ctx.keras is not None:
+        return _keras_motion(ctx, probes, ctx.keras)
     model = _builtin(ctx)
     cfg = ctx.config.model
     used = "gap" if cfg.pool == "gap" or (cfg.pool == "grid" and cfg.grid == 1) else cfg.pool
@@ -94,19 +100,56 @@ def motion_features(ctx: Context, probes: Probes) -> dict:
     if cfg.rgb_diff != "off":
         used = "gap+rgbdiff"
     cf = probes.get("clip_features")
+    grid, gap, labels, groups, keep = _kept_features(ctx, cf)
+    if used == "gap+rgbdiff":
+        diff = _difference_gap_features(ctx, model, [cf["names"][i] for i in keep])
+        gap = np.concatenate([gap, diff], axis=-1)  # (N, T, C) + (N, T, C) -> (N, T, 2C)
+    return _compare_pooling(ctx, grid, gap, labels, groups,
+                            {"pool": cfg.pool, "grid": cfg.grid, "used": used})
+
+
+def _keras_motion(ctx: Context, probes: Probes, facts: dict) -> dict:
+    """`motion_features` for a Keras model: when the facts show a global pooling ending what
+    a TimeDistributed applies to each frame, the same comparison (pooled vs 2x2-grid features
+    of the same frames) on the features of the reference backbone (`reference_features`: the
+    Keras layers' own maps are not reachable as torch modules); otherwise nothing to compare."""
+    pools = list(facts.get("per_frame_global_pool") or [])
+    if not pools:
+        return {"pool": "keras", "used": "spatial", "framework": "keras",
+                "skipped": "no global pooling per frame inside TimeDistributed: the per-frame "
+                           "features keep position"}
+    cf = _keras_reference_features(probes)
+    grid, gap, labels, groups, _ = _kept_features(ctx, cf)
+    return _compare_pooling(ctx, grid, gap, labels, groups,
+                            {"pool": pools[0], "grid": None, "used": "gap", "framework": "keras",
+                             "keras_pools": pools, "features": cf.get("backbone")})
+
+
+def _keras_reference_features(probes: Probes) -> dict:
+    """The per-frame features a Keras model's pooling is judged on: the reference backbone's
+    (`reference_features`, the same dict layout as `clip_features`)."""
+    return probes.get("reference_features")
+
+
+def _kept_features(ctx: Context, cf: dict
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list | None, np.ndarray]:
+    """(grid (N, T, 4D), gap (N, T, D), labels, groups, kept indices) of a budget of clips
+    from a `clip_features`-style dict."""
     grid, gap = _as_array(cf["_grid"]), _as_array(cf["_gap"])
     labels = np.asarray(cf["labels"])
     groups = cf.get("groups")
     keep = _subsample(labels, ctx.budget.scale(MOTION_CLIPS, minimum=60), ctx.seed)
-    grid, gap, labels = grid[keep], gap[keep], labels[keep]
     groups = [groups[i] for i in keep] if groups is not None else None
-    if used == "gap+rgbdiff":
-        diff = _difference_gap_features(ctx, model, [cf["names"][i] for i in keep])
-        gap = np.concatenate([gap, diff], axis=-1)  # (N, T, C) + (N, T, C) -> (N, T, 2C)
-    res: dict = {"pool": cfg.pool, "grid": cfg.grid, "used": used, "clips": int(len(labels)),
-                 "classes": int(len(np.unique(labels))),
-                 "chance": float(np.bincount(labels).max() / len(labels)),
-                 "change_grid": _temporal_change(grid), "change_gap": _temporal_change(gap)}
+    return grid[keep], gap[keep], labels[keep], groups, keep
+
+
+def _compare_pooling(ctx: Context, grid: np.ndarray, gap: np.ndarray, labels: np.ndarray,
+                     groups: list | None, res: dict) -> dict:
+    """`res` plus the linear probe over time on grid vs pooled features and how much each
+    changes from frame to frame (`motion_features`' measurement)."""
+    res = {**res, "clips": int(len(labels)), "classes": int(len(np.unique(labels))),
+           "chance": float(np.bincount(labels).max() / len(labels)),
+           "change_grid": _temporal_change(grid), "change_gap": _temporal_change(gap)}
     res["change_ratio"] = (res["change_gap"] / res["change_grid"]
                            if res["change_grid"] > 0 else None)
     if len(np.unique(labels)) < 2:
