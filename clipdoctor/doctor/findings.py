@@ -43,6 +43,8 @@ CODES: dict[str, tuple[str, str]] = {
     "bad-init-loss": ("model", "loss at initialisation far from ln(classes)"),
     "output-ignores-input": ("model", "the logits move no more than the noise floor when the "
                                       "clips are replaced by other clips"),
+    "model-not-built": ("model", "the model could not be built (e.g. pretrained weights "
+                                 "out of reach): only the data was examined"),
     "lr-too-high": ("training", "loss diverges or oscillates; LR range test says lower"),
     "lr-too-low": ("training", "loss barely moves; LR range test says higher"),
     "exploding-gradients": ("training", "gradient norms spike or grow without bound"),

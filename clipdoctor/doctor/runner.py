@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from clipdoctor.config import RunConfig
-from clipdoctor.doctor.findings import Finding, Report
+from clipdoctor.doctor.findings import Finding, Report, rank
 from clipdoctor.doctor.optimizers import optimizer_maker
 from clipdoctor.doctor.probes import (PROBES, Budget, Context, Probes, ProbeSkipped, RunLoss,
                                         data_classes, default_loss, samples, with_needs)
@@ -259,8 +259,15 @@ def build_context(data: Any = None, *, config: RunConfig | None = None,
         num_classes = len(data.classes) if data is not None else 2
 
         def make_model() -> nn.Module:
+            if MODEL_ERROR in ctx.cache:  # tried once: the probes that need it are skipped
+                raise ProbeSkipped(ctx.cache[MODEL_ERROR])
             torch.manual_seed(config.seed)
-            return build_classifier(config.model, num_classes)
+            try:
+                return build_classifier(config.model, num_classes)
+            except ClipdoctorError as e:  # e.g. hub weights with no network: a finding
+                ctx.cache[MODEL_ERROR] = f"the model could not be built (model-not-built): {e}"
+                ctx.cache[MODEL_ERROR + ".raw"] = str(e)
+                raise ProbeSkipped(ctx.cache[MODEL_ERROR]) from None
 
     make_optimizer = optimizer_maker(optimizer, config, make_model, model)
     if model is not None and optimizer is not None:
@@ -275,6 +282,23 @@ def build_context(data: Any = None, *, config: RunConfig | None = None,
         ctx.loss_fn = RunLoss(config.train.class_weighting, config.train.label_smoothing,
                               lambda: run_class_weights(ctx))
     return ctx
+
+
+MODEL_ERROR = "model_error"  # ctx.cache key: why the built-in model could not be built
+
+
+def model_not_built(error: str, config: RunConfig) -> Finding:
+    """The finding for a built-in model that could not be built: the error names the fix
+    (its text after the first ';', e.g. --weights FILE, --no-pretrained, an offline backbone)."""
+    what, _, fix = error.partition("; ")
+    return Finding(
+        "model-not-built", "error", f"The model could not be built: {what}",
+        {"error": error, "backbone": config.model.backbone,
+         "pretrained": bool(config.model.pretrained), "weights": config.model.weights,
+         "examined": "the data only: every model and training check is skipped"},
+        (fix[:1].upper() + fix[1:] if fix else "Fix the model configuration")
+        + "; then run the diagnosis again for the model and training checks.",
+        effect=10.0)
 
 
 def run_class_weights(ctx: Context) -> torch.Tensor | None:
@@ -321,6 +345,9 @@ def diagnose(data: Any = None, *, config: RunConfig | None = None, model: Any = 
     ctx.budget.plan(with_needs(p for c in selected for p in c.requires))
     probes = Probes(ctx)
     findings, skipped, failures = run_checks(probes, checks)
+    if MODEL_ERROR in ctx.cache:
+        findings = rank([model_not_built(ctx.cache[MODEL_ERROR + ".raw"], ctx.config)]
+                        + findings)
     public = {name: _public(value) for name, value in probes.values.items()}
     for name, seconds in probes.seconds.items():
         if isinstance(public.get(name), dict):

@@ -85,3 +85,40 @@ def test_the_budget_goes_to_the_probes_the_selected_checks_need():
     assert narrow.allowance("short_run") > full.allowance("short_run")
     assert narrow.share("lr_range") / narrow.share("short_run") == pytest.approx(
         declared["lr_range"] / declared["short_run"])
+
+
+def test_a_model_that_cannot_be_built_is_a_finding_and_the_data_is_still_examined(
+        tmp_path, monkeypatch):
+    """No network and the hub's weights not cached (issue 15: 0 findings, exit 0, 234 s):
+    `model-not-built` first, with the error's fix; the data checks run without the model
+    (corrupt files and the imbalance found); the model's probes are skipped, not failed."""
+    import time
+
+    import clipdoctor.models.backbones as backbones
+    from clipdoctor.config import RunConfig, with_overrides
+    from clipdoctor.data.sources import load_source
+    from clipdoctor.data.synthetic import generate
+    from clipdoctor.doctor.runner import diagnose
+    from clipdoctor.errors import ClipdoctorError
+
+    def offline(name: str) -> None:
+        raise ClipdoctorError(f"cannot download timm's pretrained weights for '{name}': no "
+                              "network; give a local file with --weights FILE, or train from "
+                              "random weights with --no-pretrained")
+
+    monkeypatch.setattr(backbones, "hub_cached_file", lambda name: None)
+    monkeypatch.setattr(backbones, "check_hub_reachable", offline)
+    generate(tmp_path / "data", clips_per_class=12, frames=8, size=32,
+             classes=["move_left", "move_right"], imbalance=4.0, corrupt=0.15, seed=3)
+    config = with_overrides(RunConfig(), {"model.backbone": "resnet10t", "data.size": 32,
+                                          "data.frames": 8, "data.cache_dir": str(tmp_path / "c")})
+    started = time.perf_counter()
+    report = diagnose(load_source(tmp_path / "data"), config=config, budget_s=20)
+    assert time.perf_counter() - started < 120
+    first = report.findings[0]
+    assert first.code == "model-not-built" and first.severity == "error"
+    assert first.remedy.startswith("Give a local file with --weights FILE")
+    assert {"corrupt-clips", "class-imbalance"} <= set(report.codes())
+    assert report.failures == []
+    reasons = {s["name"]: s["reason"] for s in report.skipped_probes}
+    assert "model-not-built" in reasons["training_data"]

@@ -74,7 +74,10 @@ def _capacity(ctx: Context) -> dict:
     optimizer)."""
     from clipdoctor.doctor.probes.model import trained_parameters
 
-    trained = trained_parameters(ctx)
+    try:
+        trained = trained_parameters(ctx)
+    except ProbeSkipped:  # the model could not be built: the data is summarised all the same
+        return {"total_params": None, "trainable_params": None}
     out = {"total_params": int(trained.total), "trainable_params": int(trained.trainable)}
     if not ctx.user_model:
         m = ctx.config.model
