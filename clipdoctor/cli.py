@@ -179,9 +179,10 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     base = load_config(args.run / "config.yaml") if args.run is not None else None
     config = _run_config(args, base)
     model, optimizer = _keras_model(args)
+    augment = _augment_function(args.augment) if args.augment else None
     data = _load_data(args.data, config)
     report = diagnose(data, config=config, model=model, optimizer=optimizer,
-                      budget_s=args.budget, run=args.run)
+                      budget_s=args.budget, run=args.run, augment=augment)
     console = Console(soft_wrap=True)
     print_report(report, console)
     if args.json:
@@ -211,6 +212,36 @@ def _keras_model(args: argparse.Namespace) -> tuple[object | None, object | None
     if lr is not None and adapter.make_optimizer is not None:
         return adapter, adapter.make_optimizer.with_lr(lr)
     return adapter, None
+
+
+def _augment_function(spec: str):
+    """`module:function` or `path/to/file.py:function` -> that callable (your own clip
+    augmentation, checked by inconsistent-augmentation); one-line error otherwise."""
+    import importlib
+    import importlib.util
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise ClipdoctorError(f"--augment {spec}: give module:function or file.py:function")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise ClipdoctorError(f"--augment {spec}: no file {path}")
+            loader = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ClipdoctorError:
+        raise
+    except Exception as e:  # noqa: BLE001 — the user's module: its error, on one line
+        raise ClipdoctorError(f"--augment {spec}: cannot import {where} "
+                              f"({type(e).__name__}: {e})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ClipdoctorError(f"--augment {spec}: {where} has no function {name}")
+    return fn
 
 
 def _add_keras_options(p: argparse.ArgumentParser) -> None:
@@ -411,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds for all measurements (probes shrink to fit; default 120)")
     p.add_argument("--fail-on", choices=["error", "warning"],
                    help="exit 1 when a finding at or above this severity holds (for CI)")
+    p.add_argument("--augment", metavar="MODULE:FUNCTION",
+                   help="your own clip augmentation (module:function or file.py:function, a "
+                   "callable on one (T, H, W, C) or (T, C, H, W) clip, numpy or torch), checked "
+                   "by inconsistent-augmentation")
     _add_keras_options(p)
     _add_config_flags(p)
     p.set_defaults(func=_cmd_diagnose)

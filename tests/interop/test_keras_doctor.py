@@ -211,6 +211,41 @@ def test_cli_double_softmax_first(clips, tmp_path):
     assert facts["input_shape"] == [T, S, S, 3]
 
 
+AUGMENT = """
+import numpy as np
+
+def per_frame_shift(clip):
+    # the seed recipe's augmentation: ImageDataGenerator.random_transform frame by frame,
+    # here a random shift drawn for every frame of a (T, H, W, C) uint8 clip
+    return np.stack([np.roll(f, tuple(np.random.randint(-4, 5, 2)), axis=(0, 1)) for f in clip])
+"""
+
+
+def test_cli_numpy_augmentation_of_a_keras_user(clips, tmp_path):
+    """`--augment file.py:function` for a Keras model: the function gets clips as the model
+    takes them ((T, H, W, C), here floats in 0..1: the model has no Rescaling layer; uint8
+    0..255 for one that rescales) and its per-frame draws are inconsistent-augmentation, in
+    Keras terms; a function that is not there is one line and exit 2."""
+    path, aug = tmp_path / "m.keras", tmp_path / "my_aug.py"
+    healthy().save(path)
+    aug.write_text(AUGMENT)
+    out = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run([sys.executable, "-m", "clipdoctor", "diagnose", str(clips),
+                           "--keras", str(path), "--augment", f"{aug}:per_frame_shift",
+                           "--json", str(out), "--budget", BUDGET],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    codes = [f["code"] for f in report["findings"]]
+    assert "inconsistent-augmentation" in codes[:3], codes
+    f = next(f for f in report["findings"] if f["code"] == "inconsistent-augmentation")
+    assert "per_frame_shift" in f["title"] and "ImageDataGenerator" in f["remedy"]
+    bad = subprocess.run([sys.executable, "-m", "clipdoctor", "diagnose", str(clips),
+                          "--augment", f"{aug}:nope"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "has no function nope" in bad.stderr.strip().splitlines()[-1]
+
+
 def test_cli_bad_keras_file_is_one_line(clips, tmp_path):
     """A file Keras cannot read: exit 2 and one line naming the file, for diagnose and
     repair alike."""

@@ -387,8 +387,21 @@ def _user_augmentation(ctx: Context) -> dict:
         clips = [data.clip(s) for s in chosen]  # (clip as yielded, length or None)
     else:
         clips = _pipeline_clips(ctx)
+        if ctx.keras is not None:  # a Keras user's augmentation takes what their model takes
+            clips = _as_keras_clips(ctx, clips)
     name = getattr(fn, '__name__', type(fn).__name__)
     return _callable_jitter(ctx, fn, clips, f"augment={name}", "augment=")
+
+
+def _as_keras_clips(ctx: Context, clips: list) -> list[tuple[np.ndarray, None]]:
+    """Pipeline clips as a Keras model receives them (`KerasModule.to_keras_input`): numpy
+    (T, H, W, C) at the model's pixel scale, uint8 when that is 0..255 (what a numpy
+    augmentation written for the model's training data takes)."""
+    x = base_model(ctx).to_keras_input(torch.stack([c for c, _ in clips]))  # (N, T, H, W, C)
+    arr = x.detach().float().cpu().numpy()
+    if float((ctx.keras or {}).get("pixel_scale") or 1.0) >= 255:
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return [(a, None) for a in arr]
 
 
 def _pipeline_clips(ctx: Context) -> list[tuple[torch.Tensor, None]]:
