@@ -23,9 +23,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from clipdoctor.data.source_index import SPLITS
 from clipdoctor.errors import DataError
-
-SPLITS = ("train", "val", "test")
 
 ACCEPTED = ("a dataset path (folder, .csv manifest, .npz), a tuple (X, y) of arrays with X "
             "(N, T, H, W, C) uint8, or your own map-style torch Datasets / DataLoaders whose "

@@ -338,8 +338,8 @@ def diagnose(data: Any = None, *, config: RunConfig | None = None, model: Any = 
     be a ``keras.Model`` (Keras 3; see `keras_inputs`): the report's model section then holds
     ``framework: "keras"`` and the facts read from its graph under ``keras``."""
     started = time.perf_counter()
-    data = as_data(data, augment)  # before anything runs: a bad data form is one clear error
     selected = selected_checks(checks)
+    # build_context loads / wraps the data first (`as_data`): a bad data form is one clear error
     ctx = build_context(data, config=config, model=model, loss_fn=loss_fn, optimizer=optimizer,
                         budget_s=budget_s, run=run, augment=augment)
     ctx.budget.plan(with_needs(p for c in selected for p in c.requires))
