@@ -9,7 +9,7 @@ thresholds.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -140,12 +140,6 @@ def _scan_summary(clips: list[dict]) -> dict:
             "clips_with_detours": sum(c["detours"] > 0 for c in clips)}
 
 
-def _deadline(ctx: Context) -> float:
-    """The guard of a scan: its count (`Budget.scale`) is the plan; the work clock stops it
-    only at the diagnosis's safety stop (`Budget.deadline`)."""
-    return ctx.budget.deadline()
-
-
 @probe("clip_scan", min_s=2.0)  # ~3 ms a cached clip: 0.65 s for 320, 5.5 s for 1000 at 128 px
 def clip_scan(ctx: Context, probes: Probes) -> dict:
     """Per-clip file facts and pixel statistics of (up to a budget) all readable clips.
@@ -159,28 +153,41 @@ def clip_scan(ctx: Context, probes: Probes) -> dict:
     dm = datamodule(ctx)
     limit = ctx.budget.scale(3000, minimum=50)  # ~3 ms per cached clip: 3000 clips ~ 9 s
     samples = pick(dm.samples, limit, ctx.seed)
-    deadline = _deadline(ctx)
-    clips, thumbs, failed = [], [], []
     from clipdoctor.errors import DecodeError
 
+    def scan_one(i: int, s: Any) -> tuple[dict, np.ndarray] | str:
+        try:
+            return _scan_one(dm, s)
+        except DecodeError as e:  # decoded once before: a file changed or vanished since
+            return e.reason
+
+    c = dm.config
+    return _scanned(ctx, samples, scan_one, len(dm.samples),
+                    {"sampler": c.sampler, "frames": c.frames, "stride": c.stride,
+                     "max_stride": c.max_stride, "short": c.short,
+                     "cache_frames": c.cache_frames, "cached": dm.frames.cache is not None})
+
+
+def _scanned(ctx: Context, samples: list, scan_one: Callable[[int, Any], Any], readable: int,
+             sampling: dict | Callable[[list[dict]], dict]) -> dict:
+    """`clip_scan`'s value: `scan_one(i, sample)` -> (clip facts, thumbnail), or the reason
+    it could not be read, over `samples` until the diagnosis's safety stop; `sampling` (or a
+    function of the scanned clips giving it) says how the frames were sampled."""
+    clips, thumbs, failed = [], [], []
     for i, s in enumerate(samples):
-        if i >= 20 and work_clock() > deadline:
+        if i >= 20 and work_clock() > ctx.budget.deadline():
             log.info("clip_scan: budget reached after %d of %d clips", i, len(samples))
             break
-        try:
-            clip, thumb = _scan_one(dm, s)
-        except DecodeError as e:  # decoded once before: a file changed or vanished since
-            failed.append({"path": s.name, "reason": e.reason})
+        out = scan_one(i, s)
+        if isinstance(out, str):
+            failed.append({"path": s.name, "reason": out})
             continue
-        clips.append(clip)
-        thumbs.append(thumb)
-    c = dm.config
+        clips.append(out[0])
+        thumbs.append(out[1])
     return {
-        "clips": len(clips), "readable": len(dm.samples), "failed": failed,
+        "clips": len(clips), "readable": readable, "failed": failed,
         "summary": _scan_summary(clips),
-        "sampling": {"sampler": c.sampler, "frames": c.frames, "stride": c.stride,
-                     "max_stride": c.max_stride, "short": c.short, "cache_frames": c.cache_frames,
-                     "cached": dm.frames.cache is not None},
+        "sampling": sampling(clips) if callable(sampling) else sampling,
         "definitions": {"flat_std": FLAT_STD, "detour_ratio": DETOUR_RATIO,
                         "detour_min_step": DETOUR_MIN_STEP, "scan_side": SCAN_SIDE},
         "_clips": clips,
@@ -272,7 +279,7 @@ def _scan_user(ctx: Context) -> dict:
 
     data = ctx.data
     samples = pick(data.samples, ctx.budget.scale(3000, minimum=50), ctx.seed)
-    deadline = _deadline(ctx)
+
     def read(s: Any) -> tuple[np.ndarray | None, str | None]:
         try:
             return clip_frames(*_clip_of(data, s)), None
@@ -282,29 +289,16 @@ def _scan_user(ctx: Context) -> dict:
     first = [read(s) for s in samples[:16]]
     offset, factor, how = _pixel_scale([f for f, _ in first if f is not None]
                                        or [np.zeros(1, np.float32)])
-    clips, thumbs, failed = [], [], []
-    for i, s in enumerate(samples):
-        if i >= 20 and work_clock() > deadline:
-            log.info("clip_scan: budget reached after %d of %d clips", i, len(samples))
-            break
+
+    def scan_one(i: int, s: Any) -> tuple[dict, np.ndarray] | str:
         f, error = first[i] if i < len(first) else read(s)
         if f is None:
-            failed.append({"path": s.name, "reason": error})
-            continue
-        clip, thumb = _scan_frames(s.name, s.split, s.label, (f - offset) * factor)
-        clips.append(clip)
-        thumbs.append(thumb)
-    frames = [c["frames"] for c in clips]
-    return {
-        "clips": len(clips), "readable": len(data.samples), "failed": failed,
-        "summary": _scan_summary(clips),
-        "sampling": {"sampler": "your Dataset", "frames": max(frames) if frames else 0,
-                     "layout": str(data.layout), "pixel_scale": how, "cached": False},
-        "definitions": {"flat_std": FLAT_STD, "detour_ratio": DETOUR_RATIO,
-                        "detour_min_step": DETOUR_MIN_STEP, "scan_side": SCAN_SIDE},
-        "_clips": clips,
-        "_thumbs": np.stack(thumbs) if thumbs else np.zeros((0, 0), np.float32),  # (N, L)
-    }
+            return error
+        return _scan_frames(s.name, s.split, s.label, (f - offset) * factor)
+
+    return _scanned(ctx, samples, scan_one, len(data.samples), lambda clips: {
+        "sampler": "your Dataset", "frames": max((c["frames"] for c in clips), default=0),
+        "layout": str(data.layout), "pixel_scale": how, "cached": False})
 
 
 def _clip_of(data: Any, sample: Any) -> tuple:
