@@ -96,40 +96,37 @@ def recipe() -> keras.Model:
                      "sparse_categorical_crossentropy")
 
 
-def per_frame_rotation() -> keras.Model:
-    """Random rotation inside TimeDistributed: every frame of a clip turns its own way."""
+def _frames_lstm_softmax(per_frame, loss="sparse_categorical_crossentropy") -> keras.Model:
+    """The layers `per_frame()` makes (after seeding, so random layers draw alike each time) on
+    every frame (TimeDistributed), one LSTM, a softmax head, compiled with `loss`."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((T, S, S, 3))
-    x = _frames(inp, layers.RandomRotation(0.2, name="rotate"),
-                layers.Conv2D(8, 3, strides=2, activation="relu", name="conv"),
-                layers.Flatten(name="flat"))
-    x = layers.LSTM(16, name="lstm")(x)
-    return _compiled(inp, layers.Dense(2, activation="softmax", name="head")(x),
-                     "sparse_categorical_crossentropy")
+    x = layers.LSTM(16, name="lstm")(_frames(inp, *per_frame()))
+    return _compiled(inp, layers.Dense(2, activation="softmax", name="head")(x), loss)
+
+
+def per_frame_rotation() -> keras.Model:
+    """Random rotation inside TimeDistributed: every frame of a clip turns its own way."""
+    return _frames_lstm_softmax(lambda: [
+        layers.RandomRotation(0.2, name="rotate"),
+        layers.Conv2D(8, 3, strides=2, activation="relu", name="conv"),
+        layers.Flatten(name="flat")])
 
 
 def logits_after_softmax() -> keras.Model:
     """A softmax output into a loss compiled with from_logits=True: softmax twice."""
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((T, S, S, 3))
-    x = _frames(inp, layers.Conv2D(8, 3, strides=2, activation="relu", name="conv"),
-                layers.Flatten(name="flat"))
-    x = layers.LSTM(16, name="lstm")(x)
-    return _compiled(inp, layers.Dense(2, activation="softmax", name="head")(x),
-                     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return _frames_lstm_softmax(lambda: [
+        layers.Conv2D(8, 3, strides=2, activation="relu", name="conv"),
+        layers.Flatten(name="flat")], keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
 
 def healthy() -> keras.Model:
     """Spatial features kept (a strided conv and Flatten per frame, no global pooling), one
     LSTM, a softmax into Keras' default from_logits=False."""
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((T, S, S, 3))
-    x = _frames(inp, layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1"),
-                layers.Conv2D(8, 3, strides=2, activation="relu", name="conv2"),
-                layers.Flatten(name="flat"))
-    x = layers.LSTM(16, name="lstm")(x)
-    return _compiled(inp, layers.Dense(2, activation="softmax", name="head")(x),
-                     "sparse_categorical_crossentropy")
+    return _frames_lstm_softmax(lambda: [
+        layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1"),
+        layers.Conv2D(8, 3, strides=2, activation="relu", name="conv2"),
+        layers.Flatten(name="flat")])
 
 
 def bidirectional_read_at_last_step() -> keras.Model:
